@@ -1,0 +1,323 @@
+package cache
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Blob describes a blob to fetch: its digest, its size, and where it comes
+// from.
+type Blob struct {
+	// Digest is "sha256:<64 hex>". Other algorithms are refused.
+	Digest string
+	// Size is the expected size in bytes, or -1 when the source does not
+	// say (the digest still verifies the content).
+	Size int64
+	// Source names where the blob comes from, for error messages.
+	Source string
+	// Open opens the blob at its source. It is called again for each retry.
+	Open func(ctx context.Context) (io.ReadCloser, error)
+	// Retryable reports whether a failed Open or read is worth another
+	// attempt. Nil retries every error but a cancelled context.
+	Retryable func(error) bool
+	// Progress, if set, is called with the number of bytes just read from
+	// the source, and with a negative number when an attempt's bytes are
+	// void because it failed and will be retried.
+	Progress func(n int64)
+}
+
+// attempts and backoff bound the retries of one blob: a body cut mid-transfer
+// or a flaky mirror is retried whole, a few times, with a growing pause.
+const (
+	attempts = 4
+	backoff  = 250 * time.Millisecond
+)
+
+// Fetch returns an open file holding the blob's verified content, positioned
+// at its start; the caller must close it. On a hit the cached file is checked
+// for size and digest before it is returned; a corrupt cached blob is
+// discarded (with a warning) and fetched again. On a miss the blob is
+// streamed from b.Open into a temp file under tmp/, verified while it
+// streams, synced, and linked to its final name blobs/sha256/<hex>: no reader
+// ever sees a partial blob under a final name.
+//
+// Fetch holds the shared cache lock only around namespace operations. If a
+// prune renames the cache aside while Fetch streams, the open file stays
+// valid and is returned, but it is not published in the new cache.
+//
+// Concurrent Fetches of one digest, in one process or many, each download and
+// verify; the first to publish wins and the others remove their temp files.
+func (c *Cache) Fetch(ctx context.Context, b Blob) (*os.File, error) {
+	hexDigest, err := parseDigest(b.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("blob from %s: %w", b.Source, err)
+	}
+	f, err := c.lookup(ctx, hexDigest, b)
+	if f != nil || err != nil {
+		return f, err
+	}
+	retryable := b.Retryable
+	if retryable == nil {
+		retryable = func(error) bool { return true }
+	}
+	for attempt := 1; ; attempt++ {
+		f, err := c.download(ctx, hexDigest, b)
+		if err == nil {
+			return f, nil
+		}
+		if ctx.Err() != nil || attempt == attempts || !retryable(err) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(backoff << (attempt - 1)):
+		}
+	}
+}
+
+// parseDigest validates a digest before it becomes a path.
+func parseDigest(d string) (string, error) {
+	hexDigest, ok := strings.CutPrefix(d, "sha256:")
+	if !ok {
+		return "", fmt.Errorf("unsupported digest %q: only sha256 is supported", d)
+	}
+	if !validHex(hexDigest) {
+		return "", fmt.Errorf("malformed digest %q", d)
+	}
+	return hexDigest, nil
+}
+
+func validHex(s string) bool {
+	if len(s) != sha256.Size*2 {
+		return false
+	}
+	for _, r := range s {
+		if !('0' <= r && r <= '9' || 'a' <= r && r <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// lookup returns the cached blob, verified, or nil on a miss.
+func (c *Cache) lookup(ctx context.Context, hexDigest string, b Blob) (*os.File, error) {
+	name := blobsSubdir + "/" + hexDigest
+	var f *os.File
+	err := c.withDir(ctx, func(r *os.Root) error {
+		var err error
+		f, err = r.Open(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	})
+	if err != nil || f == nil {
+		return nil, err
+	}
+	if err := verifyFile(f, hexDigest, b.Size); err != nil {
+		opened, statErr := f.Stat()
+		f.Close()
+		c.warn("discarded corrupt cached blob sha256:%s (%v); fetching it again", hexDigest, err)
+		if statErr != nil {
+			return nil, nil
+		}
+		return nil, c.discard(ctx, name, opened)
+	}
+	if b.Progress != nil {
+		if info, err := f.Stat(); err == nil {
+			b.Progress(info.Size())
+		}
+	}
+	return f, nil
+}
+
+// verifyFile checks a cached blob's size and digest, leaving it at offset 0.
+func verifyFile(f *os.File, hexDigest string, size int64) error {
+	info, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !info.Mode().IsRegular() {
+		return fmt.Errorf("not a regular file")
+	}
+	if size >= 0 && info.Size() != size {
+		return fmt.Errorf("size %d, want %d", info.Size(), size)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != hexDigest {
+		return fmt.Errorf("%w: content hashes to sha256:%s", ErrDigestMismatch, got)
+	}
+	_, err = f.Seek(0, io.SeekStart)
+	return err
+}
+
+// discard removes name if it is still the file that was opened (as
+// described by opened), so that a good blob published meanwhile by another
+// process is left alone.
+func (c *Cache) discard(ctx context.Context, name string, opened fs.FileInfo) error {
+	return c.withDir(ctx, func(r *os.Root) error {
+		current, err := r.Lstat(name)
+		if err != nil || !os.SameFile(opened, current) {
+			return nil
+		}
+		if err := r.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("removing corrupt blob %s: %w", name, err)
+		}
+		return nil
+	})
+}
+
+// withDir runs fn on the current cache directory under the shared lock.
+func (c *Cache) withDir(ctx context.Context, fn func(r *os.Root) error) error {
+	unlock, err := c.lock(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	r, err := c.openDir()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return fn(r)
+}
+
+// download fetches the blob once into a temp file and publishes it.
+func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.File, err error) {
+	tmpName := tmpSubdir + "/" + hexDigest + "." + randomSuffix() + ".partial"
+	var tmp *os.File
+	err = c.withDir(ctx, func(r *os.Root) error {
+		var err error
+		tmp, err = r.OpenFile(tmpName, os.O_RDWR|os.O_CREATE|os.O_EXCL, filePerm)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating temp file for sha256:%s: %w", hexDigest, err)
+	}
+	// The writer holds an exclusive flock on its temp file for as long as it
+	// lives: a cleaner that can take the lock knows the writer is gone.
+	unix.Flock(int(tmp.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	opened, err := tmp.Stat()
+	if err != nil {
+		tmp.Close()
+		return nil, err
+	}
+	var read int64
+	defer func() {
+		if err == nil {
+			return
+		}
+		tmp.Close()
+		// Cleanup must happen even when ctx was cancelled (Ctrl-C).
+		c.discard(context.WithoutCancel(ctx), tmpName, opened)
+		if b.Progress != nil && read > 0 {
+			b.Progress(-read)
+		}
+	}()
+
+	read, err = c.stream(ctx, tmp, hexDigest, b)
+	if err != nil {
+		return nil, err
+	}
+	if err := tmp.Sync(); err != nil {
+		return nil, fmt.Errorf("syncing blob sha256:%s: %w", hexDigest, err)
+	}
+	if err := c.publish(ctx, tmpName, opened, hexDigest); err != nil {
+		return nil, err
+	}
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return tmp, nil
+}
+
+// stream copies the blob from its source into w, verifying size and digest.
+func (c *Cache) stream(ctx context.Context, w io.Writer, hexDigest string, b Blob) (int64, error) {
+	rc, err := b.Open(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("fetching blob sha256:%s from %s: %w", hexDigest, b.Source, err)
+	}
+	defer rc.Close()
+	h := sha256.New()
+	src := io.Reader(rc)
+	if b.Size >= 0 {
+		// One byte past the expected size is enough to tell a blob that is
+		// too long, without reading a runaway body to its end.
+		src = io.LimitReader(rc, b.Size+1)
+	}
+	n, err := io.CopyBuffer(io.MultiWriter(w, h), &progressReader{ctx: ctx, r: src, progress: b.Progress}, make([]byte, 1<<20))
+	if err != nil {
+		return n, fmt.Errorf("fetching blob sha256:%s from %s: %w", hexDigest, b.Source, err)
+	}
+	if b.Size >= 0 && n != b.Size {
+		return n, fmt.Errorf("fetching blob sha256:%s from %s: got %s bytes, want %d: %w", hexDigest, b.Source, sizeWord(n, b.Size), b.Size, ErrDigestMismatch)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != hexDigest {
+		return n, fmt.Errorf("fetching blob sha256:%s from %s: %w (content is sha256:%s); nothing was cached", hexDigest, b.Source, ErrDigestMismatch, got)
+	}
+	return n, nil
+}
+
+func sizeWord(n, want int64) string {
+	if n > want {
+		return "more than " + fmt.Sprint(want)
+	}
+	return fmt.Sprint(n)
+}
+
+// publish links the verified temp file to its final name, unless a prune
+// moved the cache away meanwhile (the temp file is then in the aside, and the
+// blob is used without being cached).
+func (c *Cache) publish(ctx context.Context, tmpName string, opened fs.FileInfo, hexDigest string) error {
+	final := blobsSubdir + "/" + hexDigest
+	return c.withDir(ctx, func(r *os.Root) error {
+		current, err := r.Lstat(tmpName)
+		if err != nil || !os.SameFile(opened, current) {
+			return nil
+		}
+		// Link, not rename: it never replaces a blob another process
+		// published first, and the loser just drops its temp file.
+		err = r.Link(tmpName, final)
+		if err != nil && !errors.Is(err, fs.ErrExist) {
+			// Filesystems without hard links still rename atomically.
+			if err := r.Rename(tmpName, final); err != nil {
+				return fmt.Errorf("publishing blob sha256:%s: %w", hexDigest, err)
+			}
+		} else if err := r.Remove(tmpName); err != nil {
+			return fmt.Errorf("removing temp file of sha256:%s: %w", hexDigest, err)
+		}
+		return syncDir(c.dir + "/" + blobsSubdir)
+	})
+}
+
+// progressReader reports bytes read and stops early when ctx ends.
+type progressReader struct {
+	ctx      context.Context
+	r        io.Reader
+	progress func(int64)
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	if err := p.ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := p.r.Read(b)
+	if n > 0 && p.progress != nil {
+		p.progress(int64(n))
+	}
+	return n, err
+}

@@ -1,0 +1,196 @@
+// Package cache is banger's content-addressed blob cache: verified layer blobs
+// kept under <dir>/blobs/sha256/<hex> so that a second pull of the same layer
+// does not download it again. The cache is purely re-pull avoidance; emptying
+// it never breaks a flattened image.
+//
+// Use New to get a Cache, Fetch to read a blob through it, Usage to measure it
+// and Prune to empty it. Every method that touches the cache namespace takes
+// the advisory lock file (flock(2)) for as short a time as it can: pulls share
+// it only around opening, creating and publishing files, and keep the files
+// they use open, so prune's exclusive lock waits for milliseconds, not for
+// whole downloads, and a pull survives a prune that renames the cache away
+// underneath it.
+package cache
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+const (
+	// tagName and tagSignature follow the Cache Directory Tagging
+	// specification (https://bford.info/cachedir/): backup tools skip a
+	// directory holding this file, and prune takes it as proof that a
+	// directory is banger's to delete.
+	tagName      = "CACHEDIR.TAG"
+	tagSignature = "Signature: 8a477f597d28d172789f06886806bc55"
+	tagContent   = tagSignature + "\n# This file is a cache directory tag created by banger.\n# For information about cache directory tags see https://bford.info/cachedir/\n"
+
+	blobsSubdir = "blobs/sha256"
+	tmpSubdir   = "tmp"
+
+	// asidePrefix names a cache directory renamed away by prune and
+	// creatingPrefix one being assembled; both are siblings of the cache
+	// directory, so a crash leaves them where the next prune finds them.
+	asidePrefix    = ".pruning-"
+	creatingPrefix = ".creating-"
+
+	dirPerm  = 0o755
+	filePerm = 0o644
+)
+
+var (
+	// ErrLockBusy is returned when the cache lock could not be taken within
+	// the allowed wait.
+	ErrLockBusy = errors.New("cache lock is busy")
+	// ErrNotCache is returned when the cache directory exists but lacks
+	// banger's CACHEDIR.TAG: it may hold someone else's files.
+	ErrNotCache = errors.New("directory is not a banger cache (no CACHEDIR.TAG)")
+	// ErrDigestMismatch is returned when a blob's content does not match its
+	// descriptor.
+	ErrDigestMismatch = errors.New("content does not match digest")
+)
+
+// Options tune a Cache. The zero value waits for the lock forever and says
+// nothing while waiting.
+type Options struct {
+	// Wait bounds how long to wait for the lock; 0 waits until the context
+	// ends.
+	Wait time.Duration
+	// NoWait fails at once with ErrLockBusy if the lock is held.
+	NoWait bool
+	// Notice, if set, is called once when the lock has not been taken after
+	// about a second, so that a waiting user knows why nothing happens.
+	Notice func(msg string)
+	// Warn, if set, reports a problem that was repaired, such as a corrupt
+	// cached blob that was discarded and fetched again.
+	Warn func(msg string)
+}
+
+// Cache is a blob cache rooted at one directory. A Cache holds no open files
+// between calls and is safe for concurrent use by goroutines and by separate
+// processes.
+type Cache struct {
+	dir      string // the directory prune empties: <root>/oci
+	lockPath string // outside dir, so it survives prune's rename
+	opts     Options
+}
+
+// New returns the cache kept in dir, locked through lockPath. It touches no
+// files: the cache is created by the first Fetch.
+func New(dir, lockPath string, opts Options) *Cache {
+	return &Cache{dir: filepath.Clean(dir), lockPath: lockPath, opts: opts}
+}
+
+// Dir returns the cache directory.
+func (c *Cache) Dir() string { return c.dir }
+
+func (c *Cache) parent() string { return filepath.Dir(c.dir) }
+
+func (c *Cache) warn(format string, args ...any) {
+	if c.opts.Warn != nil {
+		c.opts.Warn(fmt.Sprintf(format, args...))
+	}
+}
+
+// openDir opens the cache directory as an os.Root, creating it complete with
+// its tag when it does not exist. The caller must hold the lock, shared or
+// exclusive. Every open goes through the current directory entry, so a prune
+// that renamed the cache aside is seen by the next call.
+func (c *Cache) openDir() (*os.Root, error) {
+	if err := c.checkDir(); errors.Is(err, fs.ErrNotExist) {
+		if err := c.create(); err != nil {
+			return nil, err
+		}
+	} else if err != nil {
+		return nil, err
+	}
+	r, err := os.OpenRoot(c.dir)
+	if err != nil {
+		return nil, fmt.Errorf("opening cache %s: %w", c.dir, err)
+	}
+	return r, nil
+}
+
+// checkDir reports whether c.dir is a real directory carrying banger's tag.
+// It returns an error wrapping fs.ErrNotExist when the cache does not exist.
+func (c *Cache) checkDir() error {
+	info, err := os.Lstat(c.dir)
+	if err != nil {
+		return fmt.Errorf("cache %s: %w", c.dir, err)
+	}
+	if info.Mode()&fs.ModeSymlink != 0 {
+		target, _ := filepath.EvalSymlinks(c.dir)
+		return fmt.Errorf("cache %s is a symlink (to %s): banger will not rename or empty a directory through a link; point --cache-dir at the real location instead", c.dir, target)
+	}
+	if !info.IsDir() {
+		return fmt.Errorf("cache %s is not a directory; move it away or choose another --cache-dir", c.dir)
+	}
+	tag, err := os.ReadFile(filepath.Join(c.dir, tagName))
+	if err != nil || !bytes.HasPrefix(tag, []byte(tagSignature)) {
+		return fmt.Errorf("cache %s: %w; refusing to touch it: move it away or choose another --cache-dir", c.dir, ErrNotCache)
+	}
+	return nil
+}
+
+// create builds a complete, empty cache in a sibling directory and renames
+// it into place, so that the cache directory is never seen without its tag
+// or subdirectories, even after a crash.
+func (c *Cache) create() error {
+	parent := c.parent()
+	if err := os.MkdirAll(parent, dirPerm); err != nil {
+		return fmt.Errorf("creating cache root: %w", err)
+	}
+	// Not MkdirTemp: its 0700 would hide a system cache from unprivileged
+	// users running du; Mkdir gives 0755 less the umask.
+	staging := filepath.Join(parent, creatingPrefix+randomSuffix())
+	if err := os.Mkdir(staging, dirPerm); err != nil {
+		return fmt.Errorf("creating cache: %w", err)
+	}
+	err := func() error {
+		for _, sub := range []string{blobsSubdir, tmpSubdir} {
+			if err := os.MkdirAll(filepath.Join(staging, sub), dirPerm); err != nil {
+				return err
+			}
+		}
+		return os.WriteFile(filepath.Join(staging, tagName), []byte(tagContent), filePerm)
+	}()
+	if err == nil {
+		err = os.Rename(staging, c.dir)
+		if err != nil && c.checkDir() == nil {
+			// Another process created the cache first; use theirs.
+			err = nil
+		}
+	}
+	if err != nil {
+		os.RemoveAll(staging)
+		return fmt.Errorf("creating cache %s: %w", c.dir, err)
+	}
+	return syncDir(parent)
+}
+
+// syncDir makes a rename or link in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
+}
+
+func randomSuffix() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,231 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+)
+
+// Tally measures what a prune frees or the cache holds.
+type Tally struct {
+	// Bytes is the apparent size of every file counted: blobs, temp files
+	// and the contents of leftover prune asides. The cache's own tag file,
+	// recreated by prune, is not counted.
+	Bytes int64
+	// Blobs counts files under blobs/sha256 with a well-formed name.
+	Blobs int
+}
+
+func (t *Tally) add(o Tally) { t.Bytes += o.Bytes; t.Blobs += o.Blobs }
+
+// Usage measures the cache and any leftovers of interrupted prunes, without
+// changing anything. It holds the shared lock, so it sees no prune half-done.
+// A cache that does not exist measures zero.
+func (c *Cache) Usage(ctx context.Context) (Tally, error) {
+	var total Tally
+	if _, err := os.Lstat(c.parent()); errors.Is(err, fs.ErrNotExist) {
+		return total, nil
+	}
+	unlock, err := c.lock(ctx, false)
+	if err != nil {
+		return total, err
+	}
+	defer unlock()
+	dirs, err := c.prunable(true)
+	if err != nil {
+		return total, err
+	}
+	for _, d := range dirs {
+		t, err := walk(ctx, c.parent(), d, false)
+		total.add(t)
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// Prune empties the cache and reports what it freed. With dryRun it only
+// measures, as Usage does.
+//
+// A real prune holds the exclusive lock only to rename the cache directory to
+// a sibling .pruning-<random> and create a fresh, empty cache in its place;
+// it then releases the lock and deletes the aside, counting as it goes.
+// Pulls that started before keep reading the files they hold open; pulls
+// that start after see the empty cache. Asides and half-created caches left
+// by an interrupted run are deleted and counted too.
+//
+// Prune refuses (ErrNotCache) a cache directory that lacks banger's
+// CACHEDIR.TAG and deletes nothing, and it never follows a symlink out of a
+// directory it deletes. A cache that does not exist prunes to zero.
+func (c *Cache) Prune(ctx context.Context, dryRun bool) (Tally, error) {
+	if dryRun {
+		return c.Usage(ctx)
+	}
+	var total Tally
+	if _, err := os.Lstat(c.parent()); errors.Is(err, fs.ErrNotExist) {
+		return total, nil
+	}
+	if err := c.renameAside(ctx); err != nil {
+		return total, err
+	}
+	// Outside the lock: deleting a large cache takes a while, and nothing
+	// but prune ever looks at an aside.
+	dirs, err := c.prunable(false)
+	if err != nil {
+		return total, err
+	}
+	var errs []error
+	for _, d := range dirs {
+		t, err := walk(ctx, c.parent(), d, true)
+		total.add(t)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return total, errors.Join(errs...)
+}
+
+// renameAside swaps the cache for an empty one under the exclusive lock.
+func (c *Cache) renameAside(ctx context.Context) error {
+	unlock, err := c.lock(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	switch err := c.checkDir(); {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	}
+	aside := c.parent() + "/" + asidePrefix + randomSuffix()
+	if err := os.Rename(c.dir, aside); err != nil {
+		return fmt.Errorf("renaming cache aside: %w", err)
+	}
+	if err := c.create(); err != nil {
+		return fmt.Errorf("recreating empty cache after renaming it to %s: %w", aside, err)
+	}
+	return nil
+}
+
+// prunable lists, relative to the cache's parent, the directories a prune
+// frees: every leftover aside or half-created cache, and with includeCache
+// the cache itself (checked for its tag).
+func (c *Cache) prunable(includeCache bool) ([]string, error) {
+	var dirs []string
+	if includeCache {
+		switch err := c.checkDir(); {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return nil, err
+		default:
+			dirs = append(dirs, path.Base(c.dir))
+		}
+	}
+	entries, err := os.ReadDir(c.parent())
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", c.parent(), err)
+	}
+	for _, e := range entries {
+		// Only names banger makes; a real directory, never a link.
+		if e.IsDir() && (strings.HasPrefix(e.Name(), asidePrefix) || strings.HasPrefix(e.Name(), creatingPrefix)) {
+			dirs = append(dirs, e.Name())
+		}
+	}
+	return dirs, nil
+}
+
+// walk tallies the tree dir (relative to parent) and, with remove, deletes it
+// in the same pass. It works through os.Root, so no symlink inside the tree
+// leads it outside: a symlink is counted as a file and removed as a link.
+func walk(ctx context.Context, parent, dir string, remove bool) (Tally, error) {
+	r, err := os.OpenRoot(parent)
+	if err != nil {
+		return Tally{}, fmt.Errorf("opening %s: %w", parent, err)
+	}
+	defer r.Close()
+	var t Tally
+	err = walkDir(ctx, r, dir, "", remove, &t)
+	if err == nil {
+		err = removeEntry(r, dir, remove)
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return t, fmt.Errorf("pruning %s/%s: %w", parent, dir, err)
+	}
+	return t, nil
+}
+
+// walkDir walks name inside r; rel is name's path inside the cache tree.
+func walkDir(ctx context.Context, r *os.Root, name, rel string, remove bool, t *Tally) error {
+	sub, err := r.OpenRoot(name)
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	d, err := sub.Open(".")
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		// Batches keep memory flat on a directory of 100,000 blobs.
+		entries, err := d.ReadDir(1024)
+		for _, e := range entries {
+			entryRel := path.Join(rel, e.Name())
+			if e.IsDir() {
+				err := walkDir(ctx, sub, e.Name(), entryRel, remove, t)
+				if err == nil {
+					err = removeEntry(sub, e.Name(), remove)
+				}
+				if err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return err
+				}
+				continue
+			}
+			info, err := sub.Lstat(e.Name())
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // a concurrent prune of the same aside got it first
+			} else if err != nil {
+				return err
+			}
+			if err := removeEntry(sub, e.Name(), remove); errors.Is(err, fs.ErrNotExist) {
+				continue // counted by whoever removed it
+			} else if err != nil {
+				return err
+			}
+			if entryRel == tagName {
+				continue
+			}
+			t.Bytes += info.Size()
+			if path.Dir(entryRel) == blobsSubdir && validHex(e.Name()) {
+				t.Blobs++
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func removeEntry(r *os.Root, name string, remove bool) error {
+	if !remove {
+		return nil
+	}
+	err := r.Remove(name)
+	if err != nil && errors.Is(err, fs.ErrNotExist) {
+		return fs.ErrNotExist
+	}
+	return err
+}

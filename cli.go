@@ -1,0 +1,526 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/banger/banger/cache"
+	"github.com/banger/banger/image"
+	"github.com/banger/banger/layout"
+	"github.com/dustin/go-humanize"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+)
+
+// Exit codes, documented in the README and in `banger --help`.
+const (
+	exitOK          = 0
+	exitFailure     = 1
+	exitUsage       = 2
+	exitLockBusy    = 75 // EX_TEMPFAIL: try again later
+	exitInterrupted = 130
+)
+
+const exitCodesHelp = `EXIT CODES:
+   0    success (including nothing to do)
+   1    failure
+   2    usage error (bad flag, argument, reference or platform)
+   75   cache lock busy (--no-wait, or --wait timed out): try again later
+   130  interrupted`
+
+// errUsage marks command-line mistakes, which exit 2.
+var errUsage = errors.New("usage")
+
+type usageErr struct{ error }
+
+func (usageErr) Is(target error) bool { return target == errUsage }
+func (e usageErr) Unwrap() error      { return e.error }
+
+// run executes banger with args and returns the process exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	app := newApp(stdout, stderr)
+	err := app.RunContext(ctx, args)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "banger: %s\n", oneLine(err.Error()))
+	return exitCode(ctx, err)
+}
+
+func exitCode(ctx context.Context, err error) int {
+	switch {
+	case errors.Is(err, errUsage), errors.Is(err, image.ErrUsage):
+		return exitUsage
+	case errors.Is(err, cache.ErrLockBusy):
+		return exitLockBusy
+	case ctx.Err() != nil && errors.Is(err, context.Canceled):
+		return exitInterrupted
+	}
+	return exitFailure
+}
+
+// oneLine keeps every failure to a single line on stderr.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", "; ")), " ")
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	app := &cli.App{
+		Name:  "banger",
+		Usage: "import OCI container images as flattened root filesystems, and keep their download cache in check",
+		Description: `banger pulls an image, passes every layer blob through a verified,
+content-addressed cache, and flattens the layers into one root filesystem tar
+in its image store. There is no daemon: each run resolves its own paths and
+coordinates with other runs through an advisory lock file.
+
+Example:
+   banger image pull alpine:3.20
+   banger image cache prune`,
+		Version:              "dev",
+		Writer:               stdout,
+		ErrWriter:            stderr,
+		HideHelpCommand:      true,
+		EnableBashCompletion: false,
+		// Errors are printed and mapped to exit codes by run, in one place.
+		ExitErrHandler:        func(*cli.Context, error) {},
+		CustomAppHelpTemplate: cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
+		Flags:                 pathFlags(),
+		Commands: []*cli.Command{
+			envCommand(),
+			{
+				Name:  "image",
+				Usage: "pull, list, inspect and remove images; manage the blob cache",
+				Subcommands: []*cli.Command{
+					pullCommand(),
+					lsCommand(),
+					inspectCommand(),
+					rmCommand(),
+					{
+						Name:        "cache",
+						Usage:       "measure and prune the blob cache",
+						Subcommands: []*cli.Command{duCommand(), pruneCommand()},
+					},
+				},
+			},
+		},
+	}
+	app.OnUsageError = onUsageError
+	app.CommandNotFound = func(c *cli.Context, name string) {}
+	setUsageErrors(app.Commands)
+	return app
+}
+
+func onUsageError(c *cli.Context, err error, _ bool) error {
+	return usageErr{fmt.Errorf("%w; see `%s --help`", err, c.Command.HelpName)}
+}
+
+// setUsageErrors makes every command report flag mistakes as usage errors
+// (exit 2) and reject unknown subcommands instead of printing help and
+// exiting 0.
+func setUsageErrors(cmds []*cli.Command) {
+	for _, cmd := range cmds {
+		cmd.OnUsageError = onUsageError
+		if len(cmd.Subcommands) > 0 {
+			cmd.Action = func(c *cli.Context) error {
+				if c.Args().Present() {
+					return usageErr{fmt.Errorf("unknown command %q; see `%s --help`", c.Args().First(), c.Command.HelpName)}
+				}
+				return cli.ShowSubcommandHelp(c)
+			}
+			setUsageErrors(cmd.Subcommands)
+		}
+	}
+}
+
+// pathFlags are accepted before or after the command name.
+func pathFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "cache-dir", Usage: "cache root (default: $BANGER_CACHE_DIR, /var/cache/banger as root, else $XDG_CACHE_HOME/banger or ~/.cache/banger)"},
+		&cli.StringFlag{Name: "data-dir", Usage: "data root holding images/ (default: $BANGER_DATA_DIR, /var/lib/banger as root, else $XDG_DATA_HOME/banger or ~/.local/share/banger)"},
+	}
+}
+
+func lockFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.DurationFlag{Name: "wait", Usage: "give up after waiting `DURATION` for the cache lock (exit 75); 0 waits as long as it takes"},
+		&cli.BoolFlag{Name: "no-wait", Usage: "fail at once (exit 75) if another banger holds the cache lock"},
+	}
+}
+
+var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print one JSON document on stdout"}
+
+func withFlags(groups ...[]cli.Flag) []cli.Flag {
+	var all []cli.Flag
+	for _, g := range groups {
+		all = append(all, g...)
+	}
+	return all
+}
+
+// lookupString returns the innermost value of a flag that is set, so that
+// --cache-dir works before or after the command name.
+func lookupString(c *cli.Context, name string) string {
+	for _, lc := range c.Lineage() {
+		if lc.Command != nil && lc.IsSet(name) {
+			return lc.String(name)
+		}
+	}
+	return c.String(name)
+}
+
+func resolveLayout(c *cli.Context) (layout.Layout, error) {
+	return layout.Resolve(layout.Source{
+		CacheDirFlag: lookupString(c, "cache-dir"),
+		DataDirFlag:  lookupString(c, "data-dir"),
+		Getenv:       os.Getenv,
+		UID:          os.Getuid(),
+	})
+}
+
+func openCache(c *cli.Context, l layout.Layout) *cache.Cache {
+	stderr := c.App.ErrWriter
+	return cache.New(l.CacheDir, l.LockFile, cache.Options{
+		Wait:   c.Duration("wait"),
+		NoWait: c.Bool("no-wait"),
+		Notice: func(msg string) { fmt.Fprintf(stderr, "banger: %s\n", msg) },
+		Warn:   func(msg string) { fmt.Fprintf(stderr, "banger: warning: %s\n", msg) },
+	})
+}
+
+func needArgs(c *cli.Context, min, max int, what string) error {
+	n := c.Args().Len()
+	if n < min || (max >= 0 && n > max) {
+		return usageErr{fmt.Errorf("%s needs %s; see `%s --help`", c.Command.HelpName, what, c.Command.HelpName)}
+	}
+	return nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func envCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "env",
+		Usage:     "print the resolved paths, like `go env`",
+		UsageText: "banger env [--json]\n\nExample:\n   banger env\n   BANGER_CACHE_DIR=/tmp/c banger env --json",
+		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag}),
+		Action: func(c *cli.Context) error {
+			if err := needArgs(c, 0, 0, "no arguments"); err != nil {
+				return err
+			}
+			l, err := resolveLayout(c)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, l)
+			}
+			for _, kv := range [][2]string{
+				{"BANGER_CACHE_DIR", l.CacheRoot},
+				{"BANGER_OCI_DIR", l.CacheDir},
+				{"BANGER_BLOBS_DIR", l.BlobsDir},
+				{"BANGER_TMP_DIR", l.TmpDir},
+				{"BANGER_LOCK_FILE", l.LockFile},
+				{"BANGER_DATA_DIR", l.DataRoot},
+				{"BANGER_IMAGES_DIR", l.ImagesDir},
+			} {
+				fmt.Fprintf(c.App.Writer, "%s='%s'\n", kv[0], strings.ReplaceAll(kv[1], "'", `'\''`))
+			}
+			return nil
+		},
+	}
+}
+
+func pullCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "pull",
+		Usage: "fetch an image through the blob cache and flatten it into the image store",
+		UsageText: `banger image pull [options] REF
+
+REF is one of:
+   NAME[:TAG|@DIGEST]          a registry reference (Docker Hub by default)
+   oci:DIR[:TAG]               an OCI image layout directory
+   docker-archive:FILE[:REF]   a tarball written by docker save
+
+Example:
+   banger image pull alpine:3.20
+   banger image pull --platform linux/arm64 127.0.0.1:5000/tools:1.2
+   banger image pull --name hello oci:testdata/hello:1.0`,
+		Flags: withFlags(pathFlags(), lockFlags(), []cli.Flag{
+			&cli.StringFlag{Name: "name", Usage: "store the image under `NAME` (default: the reference, normalized, e.g. alpine:3.20)"},
+			&cli.StringFlag{Name: "platform", Usage: "pick `OS/ARCH[/VARIANT]` from a multi-platform image (default: linux/" + goarch() + ")"},
+			&cli.BoolFlag{Name: "insecure", Usage: "allow plain HTTP to a registry other than localhost/127.0.0.1"},
+			&cli.IntFlag{Name: "jobs", Value: image.DefaultJobs, Usage: "fetch at most `N` blobs at once"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress on stderr"},
+			jsonFlag,
+		}),
+		Action: func(c *cli.Context) error {
+			if err := needArgs(c, 1, 1, "exactly one REF"); err != nil {
+				return err
+			}
+			if c.Int("jobs") < 1 {
+				return usageErr{fmt.Errorf("--jobs must be at least 1")}
+			}
+			l, err := resolveLayout(c)
+			if err != nil {
+				return err
+			}
+			opts := image.PullOptions{
+				Name:     c.String("name"),
+				Platform: c.String("platform"),
+				Insecure: c.Bool("insecure"),
+				Jobs:     c.Int("jobs"),
+			}
+			var bar *progressLine
+			if !c.Bool("quiet") && isTerminal(c.App.ErrWriter) {
+				bar = &progressLine{w: c.App.ErrWriter, label: c.Args().First()}
+				opts.Progress = bar.update
+			}
+			img, err := image.Pull(c.Context, openCache(c, l), image.NewStore(l.ImagesDir), c.Args().First(), opts)
+			bar.finish()
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, img)
+			}
+			fmt.Fprintf(c.App.Writer, "pulled %s (%s, rootfs %s) into %s\n", img.Name, img.Platform, humanize.IBytes(uint64(img.Size)), img.Rootfs)
+			return nil
+		},
+	}
+}
+
+func lsCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "ls",
+		Usage:     "list flattened images",
+		UsageText: "banger image ls [--json]\n\nExample:\n   banger image ls\n   banger image ls --json | jq -r '.[].name'",
+		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag}),
+		Action: func(c *cli.Context) error {
+			if err := needArgs(c, 0, 0, "no arguments"); err != nil {
+				return err
+			}
+			l, err := resolveLayout(c)
+			if err != nil {
+				return err
+			}
+			images, err := image.NewStore(l.ImagesDir).List(c.Context)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				if images == nil {
+					images = []image.Image{}
+				}
+				return printJSON(c.App.Writer, images)
+			}
+			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tID\tPLATFORM\tSIZE\tPULLED")
+			for _, img := range images {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Name, img.ID, img.Platform, humanize.IBytes(uint64(img.Size)), img.PulledAt.Local().Format(time.DateTime))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func inspectCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "inspect",
+		Usage:     "print an image's metadata as JSON, including the absolute rootfs path",
+		UsageText: "banger image inspect NAME|ID\n\nExample:\n   banger image inspect alpine:3.20\n   tar -tf \"$(banger image inspect alpine:3.20 | jq -r .rootfs)\"",
+		Flags:     pathFlags(),
+		Action: func(c *cli.Context) error {
+			if err := needArgs(c, 1, 1, "exactly one image NAME or ID"); err != nil {
+				return err
+			}
+			l, err := resolveLayout(c)
+			if err != nil {
+				return err
+			}
+			img, err := image.NewStore(l.ImagesDir).Get(c.Context, c.Args().First())
+			if err != nil {
+				return err
+			}
+			return printJSON(c.App.Writer, img)
+		},
+	}
+}
+
+func rmCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "rm",
+		Usage:     "remove images from the image store",
+		UsageText: "banger image rm [--json] NAME|ID...\n\nExample:\n   banger image rm alpine:3.20",
+		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag}),
+		Action: func(c *cli.Context) error {
+			if err := needArgs(c, 1, -1, "at least one image NAME or ID"); err != nil {
+				return err
+			}
+			l, err := resolveLayout(c)
+			if err != nil {
+				return err
+			}
+			removed, err := image.NewStore(l.ImagesDir).Remove(c.Context, c.Args().Slice()...)
+			if c.Bool("json") {
+				if removed == nil {
+					removed = []image.Image{}
+				}
+				if jerr := printJSON(c.App.Writer, removed); jerr != nil {
+					return jerr
+				}
+			} else {
+				for _, img := range removed {
+					fmt.Fprintf(c.App.Writer, "removed %s (%s)\n", img.Name, img.ID)
+				}
+			}
+			return err
+		},
+	}
+}
+
+type tallyJSON struct {
+	Bytes    int64  `json:"bytes"`
+	Blobs    int    `json:"blobs"`
+	CacheDir string `json:"cache_dir"`
+}
+
+func duCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "du",
+		Usage:     "measure the blob cache without changing it",
+		UsageText: "banger image cache du [--json]\n\nExample:\n   banger image cache du\n   banger image cache du --json",
+		Flags:     withFlags(pathFlags(), lockFlags(), []cli.Flag{jsonFlag}),
+		Action: func(c *cli.Context) error {
+			if err := needArgs(c, 0, 0, "no arguments"); err != nil {
+				return err
+			}
+			l, err := resolveLayout(c)
+			if err != nil {
+				return err
+			}
+			t, err := openCache(c, l).Usage(c.Context)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, tallyJSON{Bytes: t.Bytes, Blobs: t.Blobs, CacheDir: l.CacheDir})
+			}
+			fmt.Fprintf(c.App.Writer, "%s in %d blob(s) in %s\n", humanize.IBytes(uint64(t.Bytes)), t.Blobs, l.CacheDir)
+			return nil
+		},
+	}
+}
+
+type pruneJSON struct {
+	BytesFreed int64  `json:"bytes_freed"`
+	BlobsFreed int    `json:"blobs_freed"`
+	DryRun     bool   `json:"dry_run"`
+	CacheDir   string `json:"cache_dir"`
+}
+
+func pruneCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "prune",
+		Usage: "empty the blob cache (flattened images are not affected)",
+		UsageText: `banger image cache prune [--dry-run] [--json]
+
+Renames the cache aside under an exclusive lock held for milliseconds,
+recreates it empty, then deletes the aside. Pulls already running keep the
+blobs they have open; pulls that start later see the empty cache.
+
+Example:
+   banger image cache prune --dry-run
+   banger image cache prune --no-wait`,
+		Flags: withFlags(pathFlags(), lockFlags(), []cli.Flag{
+			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "only report what would be freed"},
+			jsonFlag,
+		}),
+		Action: func(c *cli.Context) error {
+			if err := needArgs(c, 0, 0, "no arguments"); err != nil {
+				return err
+			}
+			l, err := resolveLayout(c)
+			if err != nil {
+				return err
+			}
+			dryRun := c.Bool("dry-run")
+			t, err := openCache(c, l).Prune(c.Context, dryRun)
+			if t.Bytes == 0 && t.Blobs == 0 && err != nil {
+				return err
+			}
+			// What was deleted is reported even when some deletion failed.
+			if c.Bool("json") {
+				if jerr := printJSON(c.App.Writer, pruneJSON{BytesFreed: t.Bytes, BlobsFreed: t.Blobs, DryRun: dryRun, CacheDir: l.CacheDir}); jerr != nil {
+					return jerr
+				}
+			} else {
+				verb := "freed"
+				if dryRun {
+					verb = "would free"
+				}
+				fmt.Fprintf(c.App.Writer, "%s %s across %d blob(s) in %s\n", verb, humanize.IBytes(uint64(t.Bytes)), t.Blobs, l.CacheDir)
+			}
+			return err
+		},
+	}
+}
+
+// progressLine redraws one stderr line with the bytes pulled so far, at most
+// ten times a second.
+type progressLine struct {
+	w     io.Writer
+	label string
+	mu    sync.Mutex
+	last  time.Time
+	drawn bool
+}
+
+func (p *progressLine) update(done, total int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if time.Since(p.last) < 100*time.Millisecond {
+		return
+	}
+	p.last = time.Now()
+	p.drawn = true
+	of := ""
+	if total > 0 {
+		of = " / " + humanize.IBytes(uint64(total))
+	}
+	fmt.Fprintf(p.w, "\r\033[Kpulling %s: %s%s", p.label, humanize.IBytes(uint64(max(done, 0))), of)
+}
+
+func (p *progressLine) finish() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.drawn {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+func goarch() string { return runtime.GOARCH }

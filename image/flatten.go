@@ -1,0 +1,615 @@
+package image
+
+// Flattening OCI layers into one root-filesystem tar.
+//
+// Layers are read top-down (last layer first), each exactly once. The first
+// layer that mentions a path decides it: an entry of a lower layer is written
+// only if no upper layer has replaced it, deleted it (.wh.NAME), hidden it
+// behind an opaque directory (.wh..wh..opq) or put a non-directory at one of
+// its ancestors. Reading top-down means shadowed data is skipped instead of
+// written and overwritten, and memory holds only an index of paths.
+//
+// The price of top-down order is hardlinks. A link entry in layer k names a
+// target that may come from a lower layer that has not been read yet, and the
+// target path may be whited out or replaced by a layer above k (ggcr issues
+// 977 and 2002). A link therefore joins an "inode": a group of output names
+// that share content. When the inode's content is read (in layer k, or in the
+// lower layer that provides the target) its first visible name is written with
+// the content and every other visible name as a hardlink to it, so a link
+// always follows its target in the output and never dangles. Content of a
+// shadowed file is spooled to spoolDir until the end of its layer, in case a
+// later link in the same layer needs it.
+//
+// Whiteouts and entries of a layer only shadow lower layers: their effect is
+// collected while the layer is read and merged into the index at its end.
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"slices"
+	"strings"
+)
+
+const (
+	whiteoutPrefix = ".wh."
+	// whiteoutMeta prefixes AUFS bookkeeping names (.wh..wh.plnk, ...); they
+	// are not part of the image's tree.
+	whiteoutMeta = ".wh..wh."
+	opaqueMarker = ".wh..wh..opq"
+)
+
+// flattenLayer is one layer of an image, bottom-most first in the slice passed to flatten.
+type flattenLayer struct {
+	// open returns the layer's uncompressed tar stream. The caller's reader verifies the
+	// layer's diff ID and returns an error from Read at EOF on mismatch; flatten must read
+	// each stream to io.EOF (drain the tail after the tar end marker: io.Copy(io.Discard, r)) and propagate errors.
+	open func() (io.ReadCloser, error)
+}
+
+// flatten writes the union of layers (layers[0] is the base) to w as one tar stream.
+// spoolDir is a writable directory for temporary files (same filesystem as the output); flatten removes what it creates there.
+//
+// The result, extracted with tar -x, is the tree that unpacking the layers in
+// order produces (umoci unpack). Every name is written at most once, except for
+// duplicate names inside one layer: those are written in their layer's order
+// and the later one wins on extraction, as with tar -x of that layer.
+func flatten(ctx context.Context, w io.Writer, layers []flattenLayer, spoolDir string) error {
+	f := &flattener{
+		tw:       tar.NewWriter(w),
+		spoolDir: spoolDir,
+		upper:    make(map[string]shadow),
+		waiting:  make(map[string]*inode),
+	}
+	for i := len(layers) - 1; i >= 0; i-- {
+		if err := f.readLayer(ctx, i, layers[i]); err != nil {
+			return err
+		}
+	}
+	if err := f.checkResolved(); err != nil {
+		return err
+	}
+	if err := f.tw.Close(); err != nil {
+		return fmt.Errorf("finishing output: %w", err)
+	}
+	return nil
+}
+
+// shadow says how the layers read so far (the upper layers) hide a path from
+// the layers still to be read.
+type shadow uint8
+
+const (
+	hideSelf   shadow = 1 << iota // entries at exactly this path
+	hideBelow                     // entries strictly under this path
+	hideNonDir                    // non-directories at this path: upper layers have entries under it
+)
+
+// mark records what the layer being read does at a path.
+type mark uint8
+
+const (
+	markDir      mark = 1 << iota // a directory entry
+	markNonDir                    // any other entry
+	markWhiteout                  // .wh.NAME
+	markOpaque                    // DIR/.wh..wh..opq
+	markParent                    // an ancestor of an entry of this layer
+)
+
+// shadow converts a layer's marks at a path into what they hide in lower layers.
+func (m mark) shadow() shadow {
+	var s shadow
+	// A whiteout of a directory that the same layer fills again (without a
+	// directory entry of its own) empties it of lower content but keeps the
+	// lower directory, as umoci does: whiteouts never remove what their own
+	// layer adds. It then behaves like an opaque marker.
+	if m&(markDir|markNonDir) != 0 || m&(markWhiteout|markParent) == markWhiteout {
+		s |= hideSelf
+	}
+	if m&(markNonDir|markWhiteout|markOpaque) != 0 {
+		s |= hideBelow
+	}
+	if m&markParent != 0 {
+		s |= hideNonDir
+	}
+	return s
+}
+
+// inode is a group of names that share one file's content and metadata.
+type inode struct {
+	// hdr is the entry that carries the content. It is nil while the inode is
+	// a placeholder: a hardlink whose target is in a lower layer not read yet.
+	hdr *tar.Header
+	// out is the output name that holds the content once written; links
+	// point there. extra are further names written for this inode, kept so
+	// out can move if a duplicate entry later replaces it.
+	out   string
+	extra []string
+	// spoolOff locates the content in the layer's spool file when the
+	// content entry was shadowed and nothing visible needed it yet.
+	spoolOff int64
+	spooled  bool
+	// members are visible names waiting for a placeholder to resolve.
+	members []string
+	// layer, name and target identify the first link of a placeholder, for
+	// the error if its target never shows up.
+	layer        int
+	name, target string
+}
+
+// release detaches names from the inode after a later entry of the same name
+// replaced them.
+func (ino *inode) release(names []string) {
+	if ino.hdr == nil {
+		ino.members = slices.DeleteFunc(ino.members, func(m string) bool { return slices.Contains(names, m) })
+		return
+	}
+	ino.extra = slices.DeleteFunc(ino.extra, func(m string) bool { return slices.Contains(names, m) })
+	if ino.out != "" && slices.Contains(names, ino.out) {
+		ino.out = ""
+		if len(ino.extra) > 0 {
+			ino.out, ino.extra = ino.extra[0], ino.extra[1:]
+		}
+	}
+}
+
+// layerEntry is a non-directory entry of the layer being read.
+type layerEntry struct {
+	ino *inode
+	// attached are upper-layer hardlinks that resolved at this entry; a
+	// duplicate of this name later in the layer takes them over.
+	attached []string
+}
+
+// layerState is what flatten keeps while reading one layer.
+type layerState struct {
+	idx   int
+	marks map[string]mark
+	// entries are this layer's non-directories read so far: targets for
+	// hardlinks later in the layer.
+	entries map[string]*layerEntry
+	// placeholders are inodes of links to lower layers, by target path.
+	placeholders map[string]*inode
+	spool        *os.File
+	spoolEnd     int64
+}
+
+type flattener struct {
+	tw       *tar.Writer
+	spoolDir string
+	// upper indexes the paths decided by the layers read so far.
+	upper map[string]shadow
+	// waiting are placeholders of upper layers, by target path: the next
+	// entry read at that path provides their content.
+	waiting map[string]*inode
+}
+
+func (f *flattener) readLayer(ctx context.Context, idx int, l flattenLayer) (err error) {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("layer %d: %w", idx, err)
+	}
+	rc, err := l.open()
+	if err != nil {
+		return fmt.Errorf("layer %d: opening: %w", idx, err)
+	}
+	ls := &layerState{
+		idx:          idx,
+		marks:        make(map[string]mark),
+		entries:      make(map[string]*layerEntry),
+		placeholders: make(map[string]*inode),
+	}
+	defer func() {
+		if cerr := rc.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("layer %d: closing: %w", idx, cerr)
+		}
+		if cerr := ls.removeSpool(); cerr != nil && err == nil {
+			err = fmt.Errorf("layer %d: %w", idx, cerr)
+		}
+	}()
+
+	tr := tar.NewReader(rc)
+	for {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("layer %d: %w", idx, err)
+		}
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("layer %d: reading tar: %w", idx, err)
+		}
+		if err := f.entry(ls, tr, hdr); err != nil {
+			return fmt.Errorf("layer %d: entry %q: %w", idx, hdr.Name, err)
+		}
+	}
+	// The caller's reader checks the diff ID only when it reaches EOF, and
+	// the tar reader stops at the end marker, before any padding.
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		return fmt.Errorf("layer %d: reading past end of archive: %w", idx, err)
+	}
+	f.commit(ls)
+	return nil
+}
+
+// commit makes a fully read layer shadow the layers below it.
+func (f *flattener) commit(ls *layerState) {
+	for p, m := range ls.marks {
+		f.upper[p] |= m.shadow()
+	}
+	for target, ph := range ls.placeholders {
+		if len(ph.members) == 0 {
+			continue // only shadowed links: nobody needs the content
+		}
+		// An older placeholder for the same target resolves at the same
+		// lower entry, since this layer had no entry at that path.
+		if old, ok := f.waiting[target]; ok {
+			old.members = append(old.members, ph.members...)
+		} else {
+			f.waiting[target] = ph
+		}
+	}
+}
+
+// checkResolved fails if a visible hardlink never found its target.
+func (f *flattener) checkResolved() error {
+	targets := make([]string, 0, len(f.waiting))
+	for t := range f.waiting {
+		targets = append(targets, t)
+	}
+	if len(targets) == 0 {
+		return nil
+	}
+	slices.Sort(targets)
+	ph := f.waiting[targets[0]]
+	return fmt.Errorf("layer %d: entry %q: hardlink target %q not found in its layer or below", ph.layer, ph.name, ph.target)
+}
+
+func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error {
+	switch hdr.Typeflag {
+	case tar.TypeXGlobalHeader:
+		return nil // archive-wide PAX defaults, already applied by the reader
+	case tar.TypeGNUSparse:
+		hdr.Typeflag = tar.TypeReg // the reader expands the holes
+	case tar.TypeReg, tar.TypeLink, tar.TypeSymlink, tar.TypeChar, tar.TypeBlock, tar.TypeDir, tar.TypeFifo:
+	default:
+		return fmt.Errorf("unsupported entry type %q", hdr.Typeflag)
+	}
+	name, err := cleanName(hdr.Name)
+	if err != nil {
+		return err
+	}
+	isDir := hdr.Typeflag == tar.TypeDir
+	if name == "." {
+		if !isDir {
+			return errors.New("root entry is not a directory")
+		}
+		return nil // the root exists anyway; its metadata is the extractor's business
+	}
+	if base := path.Base(name); strings.HasPrefix(base, whiteoutPrefix) {
+		return f.whiteout(ls, path.Dir(name), base)
+	}
+
+	var linkTarget string
+	if hdr.Typeflag == tar.TypeLink {
+		if linkTarget, err = cleanName(hdr.Linkname); err != nil {
+			return fmt.Errorf("hardlink target: %w", err)
+		}
+		if linkTarget == "." {
+			return errors.New("hardlink to the root directory")
+		}
+	}
+
+	buried := f.buried(name)
+	sh := f.upper[name]
+	visible := !buried && sh&hideSelf == 0 && (isDir || sh&hideNonDir == 0)
+	if !buried {
+		// Below a buried ancestor everything lower is hidden already, so
+		// marks there would change nothing.
+		m := ls.marks[name]
+		if visible && !isDir && m&markParent != 0 {
+			// umoci would delete the entries already unpacked under it; they
+			// are already written here, and tar -x cannot replace a non-empty
+			// directory by a file.
+			return errors.New("non-directory replaces a directory that has entries earlier in the same layer")
+		}
+		if isDir {
+			ls.marks[name] = m | markDir
+		} else {
+			ls.marks[name] = m | markNonDir
+		}
+		ls.markParents(name)
+	}
+
+	// The inode this entry belongs to, looked up before a duplicate of this
+	// name is dropped below so that a link to its own earlier name works.
+	var ino *inode
+	switch {
+	case isDir:
+	case linkTarget != "":
+		if t, ok := ls.entries[linkTarget]; ok {
+			ino = t.ino
+		} else if ls.marks[linkTarget]&markDir != 0 {
+			return fmt.Errorf("hardlink to directory %q", linkTarget)
+		} else if ino = ls.placeholders[linkTarget]; ino == nil {
+			ino = &inode{layer: ls.idx, name: hdr.Name, target: linkTarget}
+			ls.placeholders[linkTarget] = ino
+		}
+	default:
+		ino = &inode{hdr: hdr}
+	}
+
+	// Hardlinks of upper layers waiting for this path resolve here, whether
+	// or not this entry is visible: they link to whatever this path held.
+	var attached []string
+	if prev, ok := ls.entries[name]; ok {
+		// Duplicate name in one layer: the later entry wins, so it takes
+		// over the upper links that resolved at the earlier one.
+		prev.ino.release(append(slices.Clone(prev.attached), name))
+		attached = prev.attached
+		delete(ls.entries, name)
+	}
+	if ph, ok := f.waiting[name]; ok {
+		delete(f.waiting, name)
+		attached = append(attached, ph.members...)
+	}
+
+	if isDir {
+		if len(attached) > 0 {
+			return fmt.Errorf("target of hardlink %q is a directory", attached[0])
+		}
+		if !visible {
+			return nil
+		}
+		return f.write(outHeader(hdr, name), nil)
+	}
+
+	ls.entries[name] = &layerEntry{ino: ino, attached: attached}
+	members := attached
+	if visible {
+		// This name first, so a visible content entry is written as itself.
+		members = append([]string{name}, attached...)
+	}
+	if ino.hdr == nil {
+		ino.members = append(ino.members, members...)
+		return nil
+	}
+	var content io.Reader
+	if ino.hdr == hdr {
+		content = tr
+	}
+	if err := f.emit(ls, ino, members, content); err != nil {
+		return err
+	}
+	if content != nil && ino.out == "" && hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+		if err := ls.spoolContent(ino, tr, hdr.Size, f.spoolDir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// whiteout records .wh.NAME and .wh..wh..opq entries found in dir.
+func (f *flattener) whiteout(ls *layerState, dir, base string) error {
+	var target string
+	var m mark
+	switch {
+	case base == opaqueMarker:
+		target, m = dir, markOpaque
+	case strings.HasPrefix(base, whiteoutMeta):
+		return nil
+	default:
+		n := strings.TrimPrefix(base, whiteoutPrefix)
+		if n == "" || n == "." || n == ".." {
+			return errors.New("invalid whiteout name")
+		}
+		target, m = path.Join(dir, n), markWhiteout
+	}
+	if !f.buried(target) {
+		ls.marks[target] |= m
+	}
+	return nil
+}
+
+// buried reports whether an upper layer hides everything under an ancestor
+// of p.
+func (f *flattener) buried(p string) bool {
+	if f.upper["."]&hideBelow != 0 {
+		return true
+	}
+	for i := strings.LastIndexByte(p, '/'); i > 0; i = strings.LastIndexByte(p[:i], '/') {
+		if f.upper[p[:i]]&hideBelow != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// markParents marks the ancestors of p as used by this layer.
+func (ls *layerState) markParents(p string) {
+	for i := strings.LastIndexByte(p, '/'); i > 0; i = strings.LastIndexByte(p[:i], '/') {
+		a := p[:i]
+		m := ls.marks[a]
+		if m&markParent != 0 {
+			return // and so are all of its ancestors
+		}
+		ls.marks[a] = m | markParent
+	}
+}
+
+// emit writes names for an inode whose content entry is known: the first name
+// without an output copy yet gets the content, the others link to it. content
+// is the tar stream positioned at the content entry's data, or nil when that
+// entry was read earlier in the layer.
+func (f *flattener) emit(ls *layerState, ino *inode, names []string, content io.Reader) error {
+	for _, n := range names {
+		switch {
+		case ino.out == "":
+			h := outHeader(ino.hdr, n)
+			var data io.Reader
+			if h.Typeflag == tar.TypeReg && h.Size > 0 {
+				switch {
+				case content != nil:
+					data = content
+				case ino.spooled:
+					data = io.NewSectionReader(ls.spool, ino.spoolOff, h.Size)
+				default:
+					// Only a duplicate name that replaced every written copy
+					// of a hard-linked file gets here.
+					return fmt.Errorf("content of hardlink target %q is no longer available", ino.hdr.Name)
+				}
+				content = nil
+			}
+			if err := f.write(h, data); err != nil {
+				return err
+			}
+			ino.out = n
+		case n != ino.out:
+			if err := f.write(linkHeader(ino.hdr, n, ino.out), nil); err != nil {
+				return err
+			}
+			ino.extra = append(ino.extra, n)
+		}
+	}
+	return nil
+}
+
+func (f *flattener) write(h *tar.Header, data io.Reader) error {
+	if err := f.tw.WriteHeader(h); err != nil {
+		return fmt.Errorf("writing %q: %w", h.Name, err)
+	}
+	if data == nil {
+		return nil
+	}
+	if _, err := io.CopyN(f.tw, data, h.Size); err != nil {
+		return fmt.Errorf("writing %q: %w", h.Name, err)
+	}
+	return nil
+}
+
+// spoolContent copies a shadowed file's data to the layer's spool file, so a
+// later hardlink in the same layer can still be written with it.
+// One append-only file per layer keeps this to one create and one remove.
+func (ls *layerState) spoolContent(ino *inode, r io.Reader, size int64, dir string) error {
+	if ls.spool == nil {
+		sf, err := os.CreateTemp(dir, ".flatten-spool-*")
+		if err != nil {
+			return fmt.Errorf("creating spool file: %w", err)
+		}
+		ls.spool = sf
+	}
+	// Writes append at the file offset; emit reads with ReadAt, which does
+	// not move it.
+	if _, err := io.CopyN(ls.spool, r, size); err != nil {
+		return fmt.Errorf("spooling: %w", err)
+	}
+	ino.spoolOff, ino.spooled = ls.spoolEnd, true
+	ls.spoolEnd += size
+	return nil
+}
+
+func (ls *layerState) removeSpool() error {
+	if ls.spool == nil {
+		return nil
+	}
+	name := ls.spool.Name()
+	cerr := ls.spool.Close()
+	ls.spool = nil
+	if err := os.Remove(name); err != nil {
+		return fmt.Errorf("removing spool file: %w", err)
+	}
+	if cerr != nil {
+		return fmt.Errorf("closing spool file: %w", cerr)
+	}
+	return nil
+}
+
+// cleanName turns an archive name into a clean relative path, "." for the
+// root. Names that climb out of the root are rejected rather than clamped:
+// such a layer is broken or hostile.
+func cleanName(name string) (string, error) {
+	n := path.Clean(strings.TrimLeft(name, "/"))
+	if n == ".." || strings.HasPrefix(n, "../") {
+		return "", fmt.Errorf("path %q escapes the root", name)
+	}
+	return n, nil
+}
+
+// outHeader builds the output header for content entry h written as name.
+// A fresh header leaves Format unknown, so the writer picks USTAR, PAX or GNU
+// as the fields need; passing the input's GNU format through would make the
+// writer refuse PAX records such as xattrs.
+func outHeader(h *tar.Header, name string) *tar.Header {
+	o := &tar.Header{
+		Typeflag: h.Typeflag,
+		Name:     name,
+		Mode:     h.Mode,
+		Uid:      h.Uid,
+		Gid:      h.Gid,
+		Uname:    h.Uname,
+		Gname:    h.Gname,
+		ModTime:  h.ModTime,
+	}
+	switch h.Typeflag {
+	case tar.TypeReg:
+		o.Size = h.Size
+	case tar.TypeSymlink:
+		o.Linkname = h.Linkname // verbatim: it resolves inside the root at run time
+	case tar.TypeChar, tar.TypeBlock:
+		o.Devmajor, o.Devminor = h.Devmajor, h.Devminor
+	case tar.TypeDir:
+		o.Name += "/"
+	}
+	for k, v := range h.PAXRecords {
+		// Records the writer derives from the fields above, and sparse
+		// maps of data that the reader has already expanded, are dropped;
+		// xattrs (SCHILY.xattr.*) and the rest pass through.
+		if paxDerived(k) {
+			continue
+		}
+		if o.PAXRecords == nil {
+			o.PAXRecords = make(map[string]string)
+		}
+		o.PAXRecords[k] = v
+	}
+	keepNanos(o)
+	return o
+}
+
+// linkHeader is a hardlink from name to target, with the inode's metadata
+// for listings (extractors take it from the target).
+func linkHeader(h *tar.Header, name, target string) *tar.Header {
+	o := &tar.Header{
+		Typeflag: tar.TypeLink,
+		Name:     name,
+		Linkname: target,
+		Mode:     h.Mode,
+		Uid:      h.Uid,
+		Gid:      h.Gid,
+		Uname:    h.Uname,
+		Gname:    h.Gname,
+		ModTime:  h.ModTime,
+	}
+	keepNanos(o)
+	return o
+}
+
+// keepNanos asks for PAX when the mtime has sub-second precision: with an
+// unknown format the writer rounds mtimes to seconds.
+func keepNanos(h *tar.Header) {
+	if h.ModTime.Nanosecond() != 0 {
+		h.Format = tar.FormatPAX
+	}
+}
+
+func paxDerived(k string) bool {
+	switch k {
+	case "path", "linkpath", "size", "uid", "gid", "uname", "gname", "mtime", "atime", "ctime":
+		return true
+	}
+	return strings.HasPrefix(k, "GNU.sparse.")
+}

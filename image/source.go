@@ -1,0 +1,369 @@
+package image
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// ErrUsage marks an error in what the user asked for (a malformed reference,
+// an unknown transport, a bad platform), as opposed to a failure to do it.
+var ErrUsage = errors.New("usage")
+
+// usageError wraps err so that errors.Is(err, ErrUsage) holds while its
+// message stays as written.
+type usageError struct{ error }
+
+func (usageError) Is(target error) bool { return target == ErrUsage }
+func (e usageError) Unwrap() error      { return e.error }
+
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
+
+// source is an image resolved from a reference, before any layer is read.
+type source struct {
+	img  v1.Image
+	name string // default image name, normalized
+	// kind is "registry", "oci" or "docker-archive".
+	kind string
+	// uncompressedBlobs means the source holds layers as plain tars keyed by
+	// their diff IDs (docker save), so the cache stores those.
+	uncompressedBlobs bool
+	// manifestDigest is the digest the source claims for the manifest,
+	// checked against the manifest's own hash; empty when it claims none.
+	manifestDigest v1.Hash
+}
+
+// resolve turns a reference into an image:
+//
+//	oci:DIR[:TAG]              an OCI image layout
+//	docker-archive:FILE[:REF]  a `docker save` tarball
+//	anything else              a registry reference (Docker Hub by default)
+func resolve(ctx context.Context, ref string, platform v1.Platform, opts PullOptions) (*source, error) {
+	transportName, rest, hasPrefix := strings.Cut(ref, ":")
+	switch {
+	case hasPrefix && transportName == "oci":
+		return resolveLayout(rest, platform)
+	case hasPrefix && transportName == "docker-archive":
+		return resolveArchive(rest)
+	case hasPrefix && isTransportLike(transportName, rest):
+		return nil, usagef("unknown transport %q in %q; use a registry reference, oci:DIR[:TAG] or docker-archive:FILE[:REF]", transportName, ref)
+	}
+	return resolveRegistry(ctx, ref, platform, opts)
+}
+
+// isTransportLike tells "docker://x" or "dir:/x" (a transport banger does not
+// know) from "localhost:5000/x" or "alpine:3.20" (a registry reference).
+func isTransportLike(prefix, rest string) bool {
+	if strings.ContainsAny(prefix, "./") {
+		return false // host name or repository path
+	}
+	return strings.HasPrefix(rest, "/") || strings.HasPrefix(rest, ".") || !strings.ContainsAny(rest, "/") && strings.Contains(rest, ":")
+}
+
+func resolveRegistry(ctx context.Context, ref string, platform v1.Platform, opts PullOptions) (*source, error) {
+	var nameOpts []name.Option
+	if opts.Insecure {
+		nameOpts = append(nameOpts, name.Insecure)
+	}
+	r, err := name.ParseReference(ref, nameOpts...)
+	if err != nil {
+		return nil, usagef("parsing reference %q: %v; expected e.g. alpine:3.20, 127.0.0.1:5000/x:y, oci:DIR[:TAG] or docker-archive:FILE[:REF]", ref, err)
+	}
+	remoteOpts := []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithAuthFromKeychain(authn.DefaultKeychain),
+		remote.WithUserAgent("banger"),
+	}
+	if opts.Transport != nil {
+		remoteOpts = append(remoteOpts, remote.WithTransport(opts.Transport))
+	}
+	desc, err := remote.Get(r, remoteOpts...)
+	if err != nil {
+		return nil, registryError(r, err)
+	}
+	src := &source{name: normalizeName(r), kind: "registry"}
+	if d, ok := r.(name.Digest); ok {
+		src.manifestDigest, _ = v1.NewHash(d.DigestStr())
+	}
+	switch {
+	case desc.MediaType.IsIndex():
+		idx, err := desc.ImageIndex()
+		if err != nil {
+			return nil, registryError(r, err)
+		}
+		src.img, err = pickPlatform(idx, platform, ref)
+		if err != nil {
+			return nil, err
+		}
+	case desc.MediaType.IsImage():
+		src.img, err = desc.Image()
+		if err != nil {
+			return nil, registryError(r, err)
+		}
+	default:
+		return nil, fmt.Errorf("pull %s: unsupported media type %s: not a container image or image index", ref, desc.MediaType)
+	}
+	return src, nil
+}
+
+// registryError rewrites the registry failures a user can act on into one
+// line that says what to do.
+func registryError(r name.Reference, err error) error {
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		switch terr.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return fmt.Errorf("pull %s: %w; if the repository is private, log in with `docker login %s` (banger reads Docker's credentials)", r, err, r.Context().RegistryStr())
+		case http.StatusNotFound:
+			return fmt.Errorf("pull %s: %w; check the repository and tag exist", r, err)
+		}
+	}
+	return fmt.Errorf("pull %s: %w; check the registry address and your network (use --insecure for a plain-HTTP registry other than localhost)", r, err)
+}
+
+// normalizeName is the short form users type: Docker Hub's registry and
+// "library/" are dropped, and the tag or digest is always present.
+func normalizeName(r name.Reference) string {
+	repo := r.Context().RepositoryStr()
+	if reg := r.Context().RegistryStr(); reg != name.DefaultRegistry {
+		repo = reg + "/" + repo
+	} else {
+		repo = strings.TrimPrefix(repo, "library/")
+	}
+	if d, ok := r.(name.Digest); ok {
+		return repo + "@" + d.DigestStr()
+	}
+	return repo + ":" + r.Identifier()
+}
+
+// NormalizeName returns the name banger gives an image pulled from ref, or
+// ref unchanged if it is not a registry reference. Image names given to
+// Store.Get and Store.Remove are normalized the same way.
+func NormalizeName(ref string) string {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return ref
+	}
+	return normalizeName(r)
+}
+
+// splitPathRef splits "PATH[:REF]" at the first colon after which the path
+// exists, since paths and references may both contain colons.
+func splitPathRef(s string) (path, ref string) {
+	if _, err := os.Stat(s); err == nil {
+		return s, ""
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] != ':' {
+			continue
+		}
+		if _, err := os.Stat(s[:i]); err == nil {
+			return s[:i], s[i+1:]
+		}
+	}
+	return s, ""
+}
+
+const refNameAnnotation = "org.opencontainers.image.ref.name"
+
+func resolveLayout(arg string, platform v1.Platform) (*source, error) {
+	dir, tag := splitPathRef(arg)
+	if dir == "" {
+		return nil, usagef("oci: needs a directory, as in oci:DIR[:TAG]")
+	}
+	p, err := layout.FromPath(dir)
+	if err != nil {
+		return nil, fmt.Errorf("opening OCI layout %s: %w; expected a directory with index.json and oci-layout", dir, err)
+	}
+	idx, err := p.ImageIndex()
+	if err != nil {
+		return nil, fmt.Errorf("reading OCI layout %s: %w", dir, err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, fmt.Errorf("reading %s/index.json: %w", dir, err)
+	}
+	var match []v1.Descriptor
+	var tags []string
+	for _, d := range im.Manifests {
+		refName := d.Annotations[refNameAnnotation]
+		tags = append(tags, refName)
+		if tag == "" || refName == tag || strings.HasSuffix(refName, ":"+tag) {
+			match = append(match, d)
+		}
+	}
+	if len(match) != 1 {
+		what := fmt.Sprintf("no image tagged %q", tag)
+		if tag == "" {
+			what = fmt.Sprintf("%d images and no tag given", len(match))
+		}
+		return nil, usagef("OCI layout %s has %s; pick one with oci:%s:TAG, available tags: %s", dir, what, dir, strings.Join(nonEmpty(tags), ", "))
+	}
+	d := match[0]
+	src := &source{kind: "oci", manifestDigest: d.Digest}
+	src.name = layoutName(dir, tag, d.Annotations[refNameAnnotation])
+	switch {
+	case d.MediaType.IsIndex():
+		child, err := idx.ImageIndex(d.Digest)
+		if err != nil {
+			return nil, fmt.Errorf("reading OCI layout %s: %w", dir, err)
+		}
+		src.img, err = pickPlatform(child, platform, "oci:"+arg)
+		if err != nil {
+			return nil, err
+		}
+	case d.MediaType.IsImage():
+		src.img, err = idx.Image(d.Digest)
+		if err != nil {
+			return nil, fmt.Errorf("reading OCI layout %s: %w", dir, err)
+		}
+	default:
+		return nil, fmt.Errorf("OCI layout %s: unsupported media type %s: not a container image or image index", dir, d.MediaType)
+	}
+	return src, nil
+}
+
+// layoutName names an image from a layout: its ref.name annotation when that
+// is a full reference, else the directory's name and the tag.
+func layoutName(dir, tag, refName string) string {
+	if strings.ContainsAny(refName, ":/@") {
+		return NormalizeName(refName)
+	}
+	if tag == "" {
+		tag = refName
+	}
+	if tag == "" {
+		tag = "latest"
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		abs = dir
+	}
+	return filepath.Base(abs) + ":" + tag
+}
+
+func resolveArchive(arg string) (*source, error) {
+	file, ref := splitPathRef(arg)
+	if file == "" {
+		return nil, usagef("docker-archive: needs a file, as in docker-archive:FILE[:REF]")
+	}
+	if _, err := os.Stat(file); err != nil {
+		return nil, fmt.Errorf("opening docker archive: %w; expected a file written by `docker save`", err)
+	}
+	var tag *name.Tag
+	if ref != "" {
+		t, err := name.NewTag(ref)
+		if err != nil {
+			return nil, usagef("parsing tag %q in docker-archive:%s: %v", ref, arg, err)
+		}
+		tag = &t
+	}
+	m, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return os.Open(file) })
+	if err != nil {
+		return nil, fmt.Errorf("reading docker archive %s: %w; expected a tar file written by `docker save`", file, err)
+	}
+	if tag == nil && len(m) != 1 {
+		var all []string
+		for _, d := range m {
+			all = append(all, d.RepoTags...)
+		}
+		return nil, usagef("docker archive %s holds %d images; pick one with docker-archive:%s:REF, available: %s", file, len(m), file, strings.Join(all, ", "))
+	}
+	img, err := tarball.ImageFromPath(file, tag)
+	if err != nil {
+		return nil, fmt.Errorf("reading docker archive %s: %w", file, err)
+	}
+	src := &source{img: img, kind: "docker-archive", uncompressedBlobs: true}
+	switch {
+	case tag != nil:
+		src.name = NormalizeName(tag.String())
+	case len(m[0].RepoTags) > 0:
+		src.name = NormalizeName(m[0].RepoTags[0])
+	default:
+		src.name = strings.TrimSuffix(filepath.Base(file), filepath.Ext(file)) + ":latest"
+	}
+	return src, nil
+}
+
+// pickPlatform chooses the image for platform from an index, or says which
+// platforms there are.
+func pickPlatform(idx v1.ImageIndex, want v1.Platform, ref string) (v1.Image, error) {
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, fmt.Errorf("reading index of %s: %w", ref, err)
+	}
+	var available []string
+	for _, d := range im.Manifests {
+		if d.Platform == nil {
+			continue
+		}
+		if !d.MediaType.IsImage() {
+			continue
+		}
+		if d.Platform.OS == "unknown" {
+			continue // attestation manifests pushed alongside images
+		}
+		available = append(available, platformString(*d.Platform))
+		if d.Platform.OS == want.OS && d.Platform.Architecture == want.Architecture &&
+			(want.Variant == "" || d.Platform.Variant == want.Variant) {
+			img, err := idx.Image(d.Digest)
+			if err != nil {
+				return nil, fmt.Errorf("reading %s for %s: %w", ref, platformString(want), err)
+			}
+			return img, nil
+		}
+	}
+	slices.Sort(available)
+	return nil, usagef("%s has no image for platform %s; available: %s (choose with --platform)", ref, platformString(want), strings.Join(slices.Compact(available), ", "))
+}
+
+func platformString(p v1.Platform) string {
+	s := p.OS + "/" + p.Architecture
+	if p.Variant != "" {
+		s += "/" + p.Variant
+	}
+	return s
+}
+
+// ParsePlatform parses "os/arch[/variant]".
+func ParsePlatform(s string) (v1.Platform, error) {
+	parts := strings.Split(s, "/")
+	if len(parts) < 2 || len(parts) > 3 || slices.Contains(parts, "") {
+		return v1.Platform{}, usagef("invalid platform %q: want os/arch[/variant], e.g. linux/amd64 or linux/arm/v7", s)
+	}
+	p := v1.Platform{OS: parts[0], Architecture: parts[1]}
+	if len(parts) == 3 {
+		p.Variant = parts[2]
+	}
+	return p, nil
+}
+
+func nonEmpty(ss []string) []string {
+	var out []string
+	for _, s := range ss {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	if len(out) == 0 {
+		return []string{"(none)"}
+	}
+	return out
+}
+

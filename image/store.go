@@ -1,0 +1,272 @@
+package image
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+const (
+	rootfsName   = "rootfs.tar"
+	metadataName = "image.json"
+	// tmpPrefix marks a pull still assembling its image and removingPrefix
+	// an image being deleted; listings skip both.
+	tmpPrefix      = ".tmp-"
+	removingPrefix = ".removing-"
+)
+
+// ErrNotFound is returned for an image name that is not in the store.
+var ErrNotFound = errors.New("no such image")
+
+// Image describes a flattened image in the store.
+type Image struct {
+	ID             string    `json:"id"`
+	Name           string    `json:"name"`
+	Reference      string    `json:"reference"`
+	ManifestDigest string    `json:"manifest_digest,omitempty"`
+	ConfigDigest   string    `json:"config_digest"`
+	Platform       string    `json:"platform"`
+	Size           int64     `json:"size"` // bytes of rootfs.tar
+	Created        time.Time `json:"created"`
+	PulledAt       time.Time `json:"pulled_at"`
+	Env            []string  `json:"env,omitempty"`
+	Entrypoint     []string  `json:"entrypoint,omitempty"`
+	Cmd            []string  `json:"cmd,omitempty"`
+	WorkingDir     string    `json:"workdir,omitempty"`
+	User           string    `json:"user,omitempty"`
+	// Rootfs is the absolute path of the flattened root filesystem tar. It
+	// is derived from the store's location, not stored.
+	Rootfs string `json:"rootfs"`
+}
+
+// Store keeps flattened images under one directory, one subdirectory each:
+// <dir>/<id>/rootfs.tar and <dir>/<id>/image.json. An image appears by the
+// rename of a finished temp directory, so a listing never shows half an image.
+type Store struct {
+	dir string
+}
+
+// NewStore returns the store kept in dir. It touches no files.
+func NewStore(dir string) *Store { return &Store{dir: dir} }
+
+// add assembles an image in a temp directory with fill, publishes it, and
+// then removes older images of the same name. A crash leaves at worst a temp
+// directory or an extra older image, never a broken one.
+func (s *Store) add(ctx context.Context, img Image, fill func(dir string) error) (Image, error) {
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+		return Image{}, fmt.Errorf("creating image store: %w", err)
+	}
+	img.ID = newID()
+	tmp := filepath.Join(s.dir, tmpPrefix+img.ID)
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		return Image{}, fmt.Errorf("creating image store: %w", err)
+	}
+	published := false
+	defer func() {
+		if !published {
+			os.RemoveAll(tmp)
+		}
+	}()
+	if err := fill(tmp); err != nil {
+		return Image{}, fmt.Errorf("pull %s: %w", img.Reference, err)
+	}
+	info, err := os.Stat(filepath.Join(tmp, rootfsName))
+	if err != nil {
+		return Image{}, err
+	}
+	img.Size = info.Size()
+	if err := writeJSONFile(filepath.Join(tmp, metadataName), img); err != nil {
+		return Image{}, fmt.Errorf("writing image metadata: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return Image{}, err
+	}
+	final := filepath.Join(s.dir, img.ID)
+	if err := os.Rename(tmp, final); err != nil {
+		return Image{}, fmt.Errorf("publishing image: %w", err)
+	}
+	published = true
+	if err := syncDir(s.dir); err != nil {
+		return Image{}, err
+	}
+	img.Rootfs = filepath.Join(final, rootfsName)
+	// Replace: drop every older image of this name. Newest wins, so two
+	// pulls of one name racing each other still leave exactly one.
+	all, err := s.List(ctx)
+	if err != nil {
+		return img, nil
+	}
+	for _, old := range all {
+		if old.Name == img.Name && old.ID != img.ID && !old.PulledAt.After(img.PulledAt) {
+			s.removeDir(old.ID)
+		}
+	}
+	return img, nil
+}
+
+// List returns every complete image, sorted by name. Unreadable entries are
+// skipped: a store directory may be written by another process at any time.
+func (s *Store) List(ctx context.Context) ([]Image, error) {
+	entries, err := os.ReadDir(s.dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing images: %w", err)
+	}
+	var images []Image
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		img, err := s.read(e.Name())
+		if err != nil {
+			continue
+		}
+		images = append(images, img)
+	}
+	slices.SortFunc(images, func(a, b Image) int {
+		if c := strings.Compare(a.Name, b.Name); c != 0 {
+			return c
+		}
+		return b.PulledAt.Compare(a.PulledAt)
+	})
+	return images, nil
+}
+
+func (s *Store) read(id string) (Image, error) {
+	b, err := os.ReadFile(filepath.Join(s.dir, id, metadataName))
+	if err != nil {
+		return Image{}, err
+	}
+	var img Image
+	if err := json.Unmarshal(b, &img); err != nil {
+		return Image{}, err
+	}
+	img.ID = id
+	img.Rootfs = filepath.Join(s.dir, id, rootfsName)
+	return img, nil
+}
+
+// Get finds an image by name (normalized as pull names it, so
+// docker.io/library/alpine:3.20 finds alpine:3.20) or by ID.
+func (s *Store) Get(ctx context.Context, nameOrID string) (Image, error) {
+	all, err := s.List(ctx)
+	if err != nil {
+		return Image{}, err
+	}
+	if img, ok := find(all, nameOrID); ok {
+		return img, nil
+	}
+	return Image{}, fmt.Errorf("image %q: %w; run `banger image ls` to see the images there are", nameOrID, ErrNotFound)
+}
+
+func find(all []Image, nameOrID string) (Image, bool) {
+	normalized := NormalizeName(nameOrID)
+	// List sorts newest first within a name, so the first match is current.
+	for _, img := range all {
+		if img.Name == nameOrID || img.Name == normalized || img.ID == nameOrID {
+			return img, true
+		}
+	}
+	return Image{}, false
+}
+
+// Remove deletes the named images and returns those it removed. Names that
+// are not found are reported in the error after the others are removed.
+func (s *Store) Remove(ctx context.Context, names ...string) ([]Image, error) {
+	all, err := s.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var removed []Image
+	var missing []string
+	for _, n := range names {
+		img, ok := find(all, n)
+		if !ok {
+			missing = append(missing, n)
+			continue
+		}
+		for _, other := range all {
+			if other.Name == img.Name || other.ID == img.ID {
+				if err := s.removeDir(other.ID); err != nil {
+					return removed, fmt.Errorf("removing image %s: %w", img.Name, err)
+				}
+			}
+		}
+		removed = append(removed, img)
+	}
+	if len(missing) > 0 {
+		return removed, fmt.Errorf("image %s: %w; run `banger image ls` to see the images there are", quoteAll(missing), ErrNotFound)
+	}
+	return removed, nil
+}
+
+// removeDir takes an image out of listings with one rename, then deletes it.
+// os.RemoveAll removes symlinks, never what they point to.
+func (s *Store) removeDir(id string) error {
+	doomed := filepath.Join(s.dir, removingPrefix+id)
+	if err := os.Rename(filepath.Join(s.dir, id), doomed); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // removed by another process
+		}
+		return err
+	}
+	return os.RemoveAll(doomed)
+}
+
+func quoteAll(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
+}
+
+func newID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func writeJSONFile(path string, v any) error {
+	rec := v.(Image)
+	rec.Rootfs = "" // derived on read
+	b, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
