@@ -93,7 +93,7 @@ func Pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 		meta.image.Name = opts.Name
 	}
 	meta.image.Reference = ref
-	meta.image.PulledAt = opts.Now().UTC()
+	meta.image.PulledAt = opts.Now()
 
 	files, err := fetchLayers(ctx, c, src, meta, opts)
 	if err != nil {

@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -22,6 +24,10 @@ const (
 	// an image being deleted; listings skip both.
 	tmpPrefix      = ".tmp-"
 	removingPrefix = ".removing-"
+	// newPrefix marks a temp directory not yet locked; cleanup leaves it
+	// alone unless it is older than abandonedAfter.
+	newPrefix      = ".new-"
+	abandonedAfter = time.Hour
 )
 
 // ErrNotFound is returned for an image name that is not in the store.
@@ -60,16 +66,30 @@ func NewStore(dir string) *Store { return &Store{dir: dir} }
 
 // add assembles an image in a temp directory with fill, publishes it, and
 // then removes older images of the same name. A crash leaves at worst a temp
-// directory or an extra older image, never a broken one.
+// directory, which a later add removes, never a broken image.
 func (s *Store) add(ctx context.Context, img Image, fill func(dir string) error) (Image, error) {
 	if err := os.MkdirAll(s.dir, 0o755); err != nil {
 		return Image{}, fmt.Errorf("creating image store: %w", err)
 	}
+	s.removeAbandoned()
 	img.ID = newID()
+	// The temp directory is created under a name cleanup ignores, locked,
+	// and only then renamed to .tmp-<id>: a .tmp- directory whose flock can
+	// be taken was abandoned (its owner died), never one not yet locked.
+	staging := filepath.Join(s.dir, newPrefix+img.ID)
 	tmp := filepath.Join(s.dir, tmpPrefix+img.ID)
-	if err := os.Mkdir(tmp, 0o755); err != nil {
+	if err := os.Mkdir(staging, 0o755); err != nil {
 		return Image{}, fmt.Errorf("creating image store: %w", err)
 	}
+	unlockTmp, err := lockDir(staging, false)
+	if err == nil {
+		err = os.Rename(staging, tmp)
+	}
+	if err != nil {
+		os.RemoveAll(staging)
+		return Image{}, fmt.Errorf("creating image store: %w", err)
+	}
+	defer unlockTmp()
 	published := false
 	defer func() {
 		if !published {
@@ -84,11 +104,20 @@ func (s *Store) add(ctx context.Context, img Image, fill func(dir string) error)
 		return Image{}, err
 	}
 	img.Size = info.Size()
-	if err := writeJSONFile(filepath.Join(tmp, metadataName), img); err != nil {
-		return Image{}, fmt.Errorf("writing image metadata: %w", err)
-	}
 	if err := ctx.Err(); err != nil {
 		return Image{}, err
+	}
+
+	// Publishing and replacing hold the store lock, briefly, so that two
+	// pulls of one name cannot both miss each other and leave two images.
+	unlock, err := lockDir(s.dir, true)
+	if err != nil {
+		return Image{}, fmt.Errorf("locking image store: %w", err)
+	}
+	defer unlock()
+	img.PulledAt = img.PulledAt.UTC()
+	if err := writeJSONFile(filepath.Join(tmp, metadataName), img); err != nil {
+		return Image{}, fmt.Errorf("writing image metadata: %w", err)
 	}
 	final := filepath.Join(s.dir, img.ID)
 	if err := os.Rename(tmp, final); err != nil {
@@ -99,18 +128,70 @@ func (s *Store) add(ctx context.Context, img Image, fill func(dir string) error)
 		return Image{}, err
 	}
 	img.Rootfs = filepath.Join(final, rootfsName)
-	// Replace: drop every older image of this name. Newest wins, so two
-	// pulls of one name racing each other still leave exactly one.
 	all, err := s.List(ctx)
 	if err != nil {
 		return img, nil
 	}
 	for _, old := range all {
-		if old.Name == img.Name && old.ID != img.ID && !old.PulledAt.After(img.PulledAt) {
+		if old.Name == img.Name && old.ID != img.ID {
 			s.removeDir(old.ID)
 		}
 	}
 	return img, nil
+}
+
+// removeAbandoned deletes temp and half-removed directories whose owner is
+// gone: their flock can be taken. Failures are left for a later run.
+func (s *Store) removeAbandoned() {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		path := filepath.Join(s.dir, e.Name())
+		if strings.HasPrefix(e.Name(), newPrefix) {
+			if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > abandonedAfter {
+				os.RemoveAll(path)
+			}
+			continue
+		}
+		if !strings.HasPrefix(e.Name(), tmpPrefix) && !strings.HasPrefix(e.Name(), removingPrefix) {
+			continue
+		}
+		unlock, err := lockDir(path, false)
+		if err != nil {
+			continue // still being written or removed
+		}
+		os.RemoveAll(path)
+		unlock()
+	}
+}
+
+// lockDir takes an exclusive flock on a directory. With wait it blocks;
+// without, it fails at once if another process holds it.
+func lockDir(dir string, wait bool) (unlock func(), err error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	how := unix.LOCK_EX
+	if !wait {
+		how |= unix.LOCK_NB
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), how)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
 }
 
 // List returns every complete image, sorted by name. Unreadable entries are

@@ -1,0 +1,365 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Issue 3: separate banger processes racing each other and being killed.
+// The quick modes run in CI; -long runs the long ones.
+var long = flag.Bool("long", false, "run the long stress and crash modes")
+
+// stressImages are images sharing a base layer big enough that pulls and
+// prunes overlap.
+var stressImages = []string{"s0:1", "s1:1", "s2:1", "s3:1"}
+
+func pushStressImages(t *testing.T, host string) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(1, 2))
+	blob := func(n int) string {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte('a' + rng.IntN(26))
+		}
+		return string(b)
+	}
+	var baseEntries []entry
+	baseEntries = append(baseEntries, dir("data/"))
+	for i := range 16 {
+		baseEntries = append(baseEntries, file(fmt.Sprintf("data/f%02d", i), blob(256<<10)))
+	}
+	base := layerOf(baseEntries...)
+	for i, ref := range stressImages {
+		img := imageOf("/x", base, layerOf(dir("own/"), file("own/id", fmt.Sprint(i)), file("own/blob", blob(512<<10)), file(fmt.Sprintf("data/.wh.f%02d", i), "")))
+		r, err := name.ParseReference(host + "/" + ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.Write(r, img, remote.WithContext(t.Context())); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// bangerEnv is a cache and an image store for banger processes.
+type bangerEnv struct {
+	t           *testing.T
+	cache, data string
+	bin         string
+	registry    string
+}
+
+func newBangerEnv(t *testing.T, registry string) *bangerEnv {
+	t.Helper()
+	bin, err := exec.LookPath("banger")
+	if err != nil {
+		t.Fatalf("banger is not on PATH (TestMain installs it): %v", err)
+	}
+	dir := t.TempDir()
+	return &bangerEnv{t: t, cache: filepath.Join(dir, "cache"), data: filepath.Join(dir, "data"), bin: bin, registry: registry}
+}
+
+func (e *bangerEnv) cmd(args ...string) *exec.Cmd {
+	cmd := exec.Command(e.bin, args...)
+	cmd.Env = append(os.Environ(), "BANGER_CACHE_DIR="+e.cache, "BANGER_DATA_DIR="+e.data)
+	return cmd
+}
+
+// run runs banger and returns stdout, failing the test on a non-zero exit.
+func (e *bangerEnv) run(args ...string) string {
+	e.t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := e.cmd(args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		e.t.Errorf("banger %s: %v; stderr: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String()
+}
+
+// pull pulls ref under name and returns the sha256 of its rootfs.
+func (e *bangerEnv) pull(ref, name string) (string, error) {
+	var stdout, stderr bytes.Buffer
+	cmd := e.cmd("image", "pull", "-q", "--json", "--name", name, ref)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("pull %s: %v; stderr: %s", ref, err, stderr.String())
+	}
+	var img struct{ Rootfs string }
+	if err := json.Unmarshal(stdout.Bytes(), &img); err != nil {
+		return "", fmt.Errorf("pull %s: bad --json output %q: %v", ref, stdout.String(), err)
+	}
+	return fileSHA256(img.Rootfs)
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// references pulls every stress image once into a separate environment
+// and returns the sha256 of each flattened rootfs.
+func references(t *testing.T, host string) map[string]string {
+	t.Helper()
+	ref := newBangerEnv(t, host)
+	want := map[string]string{}
+	for _, img := range stressImages {
+		sum, err := ref.pull(host+"/"+img, img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[img] = sum
+	}
+	return want
+}
+
+// checkCacheInvariants checks that every blob's content hashes to its name,
+// that nothing else sits under blobs/, and, with clean, that no temp file or
+// prune aside is left.
+func checkCacheInvariants(t *testing.T, cacheRoot string, clean bool) {
+	t.Helper()
+	blobs := filepath.Join(cacheRoot, "oci", "blobs", "sha256")
+	entries, err := os.ReadDir(blobs)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		sum, err := fileSHA256(filepath.Join(blobs, e.Name()))
+		if err != nil {
+			t.Errorf("blob %s: %v", e.Name(), err)
+		} else if sum != e.Name() {
+			t.Errorf("blob %s holds content sha256:%s: a partial or corrupt blob under a final name", e.Name(), sum)
+		}
+	}
+	if !clean {
+		return
+	}
+	tmp, _ := os.ReadDir(filepath.Join(cacheRoot, "oci", "tmp"))
+	for _, e := range tmp {
+		t.Errorf("temp file %s left after the final prune", e.Name())
+	}
+	root, _ := os.ReadDir(cacheRoot)
+	for _, e := range root {
+		if strings.HasPrefix(e.Name(), ".") {
+			t.Errorf("%s left in the cache root after the final prune", e.Name())
+		}
+	}
+}
+
+// TestStressPullPrune: 8 concurrent pull processes over images sharing base
+// layers while another process prunes in a loop. Every pull succeeds and
+// every rootfs is byte-identical to a reference flatten.
+func TestStressPullPrune(t *testing.T) {
+	if testing.Short() {
+		t.Skip("stress test skipped in -short mode")
+	}
+	host := startRegistry(t)
+	pushStressImages(t, host)
+	want := references(t, host)
+	e := newBangerEnv(t, host)
+
+	duration := 15 * time.Second
+	if *long {
+		duration = 3 * time.Minute
+	}
+	deadline := time.Now().Add(duration)
+	var (
+		wg              sync.WaitGroup
+		mu              sync.Mutex
+		pulls, failures int
+		prunes          int
+	)
+	for w := range 8 {
+		wg.Go(func() {
+			for i := 0; time.Now().Before(deadline); i++ {
+				img := stressImages[(w+i)%len(stressImages)]
+				name := fmt.Sprintf("w%d-%d", w, i)
+				sum, err := e.pull(host+"/"+img, name)
+				mu.Lock()
+				pulls++
+				if err != nil {
+					failures++
+					t.Error(err)
+				} else if sum != want[img] {
+					failures++
+					t.Errorf("pull %d of worker %d: rootfs of %s is sha256:%s, reference flatten is sha256:%s", i, w, img, sum, want[img])
+				}
+				mu.Unlock()
+				e.run("image", "rm", name)
+			}
+		})
+	}
+	wg.Go(func() {
+		for time.Now().Before(deadline) {
+			e.run("image", "cache", "prune")
+			mu.Lock()
+			prunes++
+			mu.Unlock()
+			time.Sleep(time.Duration(rand.IntN(200)) * time.Millisecond)
+		}
+	})
+	wg.Wait()
+	checkCacheInvariants(t, e.cache, false)
+
+	// Racing pulls of one name leave exactly one image.
+	var same sync.WaitGroup
+	for range 8 {
+		// Not e.pull: a later pull may replace the image before it is read.
+		same.Go(func() { e.run("image", "pull", "-q", "--name", "same", host+"/"+stressImages[0]) })
+	}
+	same.Wait()
+	if out := e.run("image", "ls", "--json"); strings.Count(out, `"name": "same"`) != 1 {
+		t.Errorf("after 8 racing pulls of one name, image ls shows:\n%s\nwant exactly one image named same", out)
+	}
+
+	e.run("image", "cache", "prune")
+	checkCacheInvariants(t, e.cache, true)
+	t.Logf("%d pulls (%d failed) and %d prunes in %s", pulls, failures, prunes, duration)
+}
+
+// TestCrashSafety SIGKILLs pulls and prunes at random moments, then checks
+// that nothing partial has a final name, the store lists only complete
+// images, a new pull is correct, and the next prune removes every leftover.
+func TestCrashSafety(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash test skipped in -short mode")
+	}
+	host := startRegistry(t)
+	pushStressImages(t, host)
+	want := references(t, host)
+	e := newBangerEnv(t, host)
+
+	rounds := 6
+	if *long {
+		rounds = 40
+	}
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
+	killed := 0
+	for round := range rounds {
+		img := stressImages[round%len(stressImages)]
+		var cmd *exec.Cmd
+		if round%3 == 2 {
+			cmd = e.cmd("image", "cache", "prune")
+		} else {
+			cmd = e.cmd("image", "pull", "-q", "--name", img, host+"/"+img)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(rng.IntN(150)) * time.Millisecond)
+		cmd.Process.Signal(syscall.SIGKILL)
+		if err := cmd.Wait(); err != nil {
+			killed++
+		}
+
+		checkCacheInvariants(t, e.cache, false)
+		// The store lists only complete images, each identical to its reference.
+		var listed []struct{ Name, Rootfs string }
+		if err := json.Unmarshal([]byte(e.run("image", "ls", "--json")), &listed); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range listed {
+			sum, err := fileSHA256(l.Rootfs)
+			if err != nil || sum != want[l.Name] {
+				t.Errorf("round %d: listed image %s has rootfs sha256:%s (%v), want %s", round, l.Name, sum, err, want[l.Name])
+			}
+		}
+		if sum, err := e.pull(host+"/"+img, img); err != nil {
+			t.Errorf("round %d: pull after kill: %v", round, err)
+		} else if sum != want[img] {
+			t.Errorf("round %d: pull after kill gave rootfs sha256:%s, want %s", round, sum, want[img])
+		}
+	}
+	e.run("image", "cache", "prune")
+	checkCacheInvariants(t, e.cache, true)
+	leftovers, _ := filepath.Glob(filepath.Join(e.data, "images", ".*"))
+	if len(leftovers) > 0 {
+		t.Errorf("image store leftovers after a later pull: %v", leftovers)
+	}
+	t.Logf("%d rounds, %d processes killed before they finished", rounds, killed)
+}
+
+// TestPruneNotStarved: with 8 pull processes looping back to back, a prune
+// started in the middle finishes no later than the pulls that were already
+// running when it started (it must not wait for pulls that start after it).
+func TestPruneNotStarved(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short mode")
+	}
+	host := startRegistry(t)
+	pushStressImages(t, host)
+	e := newBangerEnv(t, host)
+
+	type span struct{ start, end time.Time }
+	var (
+		mu    sync.Mutex
+		spans []span
+		stop  = make(chan struct{})
+		wg    sync.WaitGroup
+	)
+	for w := range 8 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				s := span{start: time.Now()}
+				if _, err := e.pull(host+"/"+stressImages[(w+i)%len(stressImages)], fmt.Sprintf("w%d", w)); err != nil {
+					t.Error(err)
+				}
+				s.end = time.Now()
+				mu.Lock()
+				spans = append(spans, s)
+				mu.Unlock()
+			}
+		})
+	}
+	time.Sleep(3 * time.Second) // let the pulls overlap back to back
+	pruneStart := time.Now()
+	e.run("image", "cache", "prune", "--wait", "2m")
+	pruneEnd := time.Now()
+	time.Sleep(2 * time.Second)
+	close(stop)
+	wg.Wait()
+
+	var runningEnd time.Time // latest end of the pulls running at pruneStart
+	for _, s := range spans {
+		if s.start.Before(pruneStart) && s.end.After(pruneStart) && s.end.After(runningEnd) {
+			runningEnd = s.end
+		}
+	}
+	if runningEnd.IsZero() {
+		t.Fatal("no pull was running when prune started; the test did not exercise anything")
+	}
+	if pruneEnd.After(runningEnd) {
+		t.Errorf("prune finished %s after the last pull that was running when it started: it waited for pulls that started later", pruneEnd.Sub(runningEnd))
+	}
+	t.Logf("prune took %s; the pulls running at its start ended up to %s after it started", pruneEnd.Sub(pruneStart), runningEnd.Sub(pruneStart))
+}
