@@ -263,6 +263,7 @@ Example:
 			&cli.StringFlag{Name: "platform", Usage: "pick `OS/ARCH[/VARIANT]` from a multi-platform image (default: linux/" + goarch() + ")"},
 			&cli.BoolFlag{Name: "insecure", Usage: "allow plain HTTP to a registry other than localhost/127.0.0.1"},
 			&cli.IntFlag{Name: "jobs", Value: image.DefaultJobs, Usage: "fetch at most `N` blobs at once"},
+			&cli.DurationFlag{Name: "timeout", Usage: "give up the pull after `DURATION` (exit 1); 0 means no limit"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress on stderr"},
 			jsonFlag,
 		}),
@@ -288,8 +289,17 @@ Example:
 				bar = &progressLine{w: c.App.ErrWriter, label: c.Args().First()}
 				opts.Progress = bar.update
 			}
-			img, err := image.Pull(c.Context, openCache(c, l), image.NewStore(l.ImagesDir), c.Args().First(), opts)
+			ctx := c.Context
+			if d := c.Duration("timeout"); d > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, d)
+				defer cancel()
+			}
+			img, err := image.Pull(ctx, openCache(c, l), image.NewStore(l.ImagesDir), c.Args().First(), opts)
 			bar.finish()
+			if errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("%w; the pull did not finish within --timeout %s", err, c.Duration("timeout"))
+			}
 			if err != nil {
 				return err
 			}

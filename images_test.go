@@ -153,3 +153,5 @@ func mustDigest(img v1.Image) string {
 }
 
 func mutateEmptyIndex() v1.ImageIndex { return mutate.IndexMediaType(empty.Index, types.OCIImageIndex) }
+
+func newTarReader(r io.Reader) *tar.Reader { return tar.NewReader(r) }

@@ -349,8 +349,11 @@ func uncompress(r io.Reader, i int, diffID v1.Hash) (io.ReadCloser, error) {
 // diffIDReader fails the read that reaches EOF if the layer's uncompressed
 // content does not hash to its diff ID.
 type diffIDReader struct {
-	r     io.Reader
-	h     interface{ io.Writer; Sum([]byte) []byte }
+	r io.Reader
+	h interface {
+		io.Writer
+		Sum([]byte) []byte
+	}
 	want  v1.Hash
 	layer int
 	close func()

@@ -366,4 +366,3 @@ func nonEmpty(ss []string) []string {
 	}
 	return out
 }
-
