@@ -1,0 +1,125 @@
+package main
+
+import (
+	"bytes"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// mountTmpfs mounts a small tmpfs at dir for the test, or skips the test
+// where mounting is not allowed.
+func mountTmpfs(t *testing.T, dir, opts string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", opts, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs here (needs root): %v: %s", err, out)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+}
+
+// TestFilesystemFaults: a full disk, a read-only cache and a symlinked cache
+// give one clear line and leave no partial blob and no half-published image.
+func TestFilesystemFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short mode")
+	}
+	host := startRegistry(t)
+	pushStressImages(t, host)
+	ref := host + "/" + stressImages[0]
+
+	tests := []struct {
+		name    string
+		setup   func(t *testing.T, e *bangerEnv)
+		wantErr string
+	}{
+		{
+			name:    "cache on a full disk",
+			setup:   func(t *testing.T, e *bangerEnv) { mountTmpfs(t, e.cache, "size=1m") },
+			wantErr: "no space left on device",
+		},
+		{
+			name:    "image store on a full disk",
+			setup:   func(t *testing.T, e *bangerEnv) { mountTmpfs(t, e.data, "size=1m") },
+			wantErr: "no space left on device",
+		},
+		{
+			name:    "read-only cache",
+			setup:   func(t *testing.T, e *bangerEnv) { mountTmpfs(t, e.cache, "ro,size=1m") },
+			wantErr: "read-only file system",
+		},
+		{
+			name: "cache dir is a symlink",
+			setup: func(t *testing.T, e *bangerEnv) {
+				real := filepath.Join(t.TempDir(), "real")
+				os.MkdirAll(real, 0o755)
+				os.MkdirAll(e.cache, 0o755)
+				if err := os.Symlink(real, filepath.Join(e.cache, "oci")); err != nil {
+					t.Fatal(err)
+				}
+			},
+			wantErr: "is a symlink",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newBangerEnv(t, host)
+			tt.setup(t, e)
+			var stderr bytes.Buffer
+			cmd := e.cmd("image", "pull", "-q", ref)
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			if err == nil || cmd.ProcessState.ExitCode() != 1 {
+				t.Fatalf("pull = %v, want exit 1; stderr: %s", err, stderr.String())
+			}
+			if lines := strings.Count(stderr.String(), "\n"); lines != 1 || !strings.Contains(stderr.String(), tt.wantErr) {
+				t.Errorf("stderr = %q, want one line containing %q", stderr.String(), tt.wantErr)
+			}
+			checkCacheInvariants(t, e.cache, false)
+			if tmp, _ := os.ReadDir(filepath.Join(e.cache, "oci", "tmp")); len(tmp) > 0 {
+				t.Errorf("temp files left in the cache: %v", tmp)
+			}
+			entries, _ := os.ReadDir(filepath.Join(e.data, "images"))
+			for _, entry := range entries {
+				t.Errorf("image store holds %s after a failed pull", entry.Name())
+			}
+		})
+	}
+}
+
+// TestPermissions: with umask 022, banger creates directories 0755 and
+// files 0644, the lock file included, so an unprivileged user can run
+// `banger image cache du` on a system cache.
+func TestPermissions(t *testing.T) {
+	host := startRegistry(t)
+	e := newBangerEnv(t, host)
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+	e.run("image", "pull", "-q", host+"/app:1")
+	for _, root := range []string{e.cache, e.data} {
+		filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				t.Error(err)
+				return nil
+			}
+			info, _ := d.Info()
+			want := fs.FileMode(0o644)
+			if d.IsDir() {
+				want = 0o755
+			}
+			if got := info.Mode().Perm(); got != want {
+				t.Errorf("%s has mode %v, want %v", path, got, want)
+			}
+			return nil
+		})
+	}
+	if _, err := os.Stat(filepath.Join(e.cache, "oci.lock")); err != nil {
+		t.Errorf("lock file: %v", err)
+	}
+}
