@@ -11,8 +11,6 @@ import (
 	"os"
 	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Blob describes a blob to fetch: its digest, its size, and where it comes
@@ -28,7 +26,8 @@ type Blob struct {
 	// Open opens the blob at its source. It is called again for each retry.
 	Open func(ctx context.Context) (io.ReadCloser, error)
 	// Retryable reports whether a failed Open or read is worth another
-	// attempt. Nil retries every error but a cancelled context.
+	// attempt. Nil retries every error but a cancelled context. Failures of
+	// the cache itself (a full disk, a busy lock) are never retried.
 	Retryable func(error) bool
 	// Progress, if set, is called with the number of bytes just read from
 	// the source, and with a negative number when an attempt's bytes are
@@ -43,8 +42,8 @@ const (
 	backoff  = 250 * time.Millisecond
 )
 
-// Fetch returns an open file holding the blob's verified content, positioned
-// at its start; the caller must close it. On a hit the cached file is checked
+// Fetch returns an open, read-only file holding the blob's verified content,
+// positioned at its start; the caller must close it. On a hit the cached file is checked
 // for size and digest before it is returned; a corrupt cached blob is
 // discarded (with a warning) and fetched again. On a miss the blob is
 // streamed from b.Open into a temp file under tmp/, verified while it
@@ -66,6 +65,9 @@ func (c *Cache) Fetch(ctx context.Context, b Blob) (*os.File, error) {
 	if f != nil || err != nil {
 		return f, err
 	}
+	if b.Open == nil {
+		return nil, fmt.Errorf("fetching blob %s from %s: Blob.Open is nil", b.Digest, b.Source)
+	}
 	retryable := b.Retryable
 	if retryable == nil {
 		retryable = func(error) bool { return true }
@@ -75,15 +77,40 @@ func (c *Cache) Fetch(ctx context.Context, b Blob) (*os.File, error) {
 		if err == nil {
 			return f, nil
 		}
-		if ctx.Err() != nil || attempt == attempts || !retryable(err) {
+		// A failure of the cache's own disk (full, read-only) would only
+		// repeat after downloading the whole blob again: stop at once.
+		var local *localError
+		if ctx.Err() != nil || errors.As(err, &local) || !retryable(err) {
 			return nil, err
+		}
+		if attempt == attempts {
+			return nil, fmt.Errorf("%w (gave up after %d attempts)", err, attempts)
 		}
 		select {
 		case <-ctx.Done():
 			return nil, err
-		case <-time.After(backoff << (attempt - 1)):
+		case <-time.After(c.backoff << (attempt - 1)):
 		}
 	}
+}
+
+// localError marks a failure of the cache itself rather than of the blob's
+// source, so that Fetch does not retry it. It reads as the error it wraps.
+type localError struct{ err error }
+
+func (e *localError) Error() string { return e.err.Error() }
+func (e *localError) Unwrap() error { return e.err }
+
+// localWriter marks its writer's errors as local: io.Copy does not say
+// whether its reader or its writer failed.
+type localWriter struct{ w io.Writer }
+
+func (w localWriter) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	if err != nil {
+		err = &localError{err}
+	}
+	return n, err
 }
 
 // parseDigest validates a digest before it becomes a path.
@@ -98,8 +125,11 @@ func parseDigest(d string) (string, error) {
 	return hexDigest, nil
 }
 
-func validHex(s string) bool {
-	if len(s) != sha256.Size*2 {
+func validHex(s string) bool { return validHexLen(s, sha256.Size*2) }
+
+// validHexLen reports whether s is n lowercase hex digits.
+func validHexLen(s string, n int) bool {
+	if len(s) != n {
 		return false
 	}
 	for _, r := range s {
@@ -110,46 +140,65 @@ func validHex(s string) bool {
 	return true
 }
 
-// lookup returns the cached blob, verified, or nil on a miss.
+// lookup returns the cached blob, verified, or nil on a miss. Anything at
+// the blob's name that is not a regular file holding exactly the blob (a
+// truncated or altered file, a directory, a symlink) is discarded with a
+// warning and reported as a miss, so that the caller fetches it again.
 func (c *Cache) lookup(ctx context.Context, hexDigest string, b Blob) (*os.File, error) {
 	name := blobsSubdir + "/" + hexDigest
-	var f *os.File
+	var (
+		f    *os.File
+		info fs.FileInfo // the entry itself, never what a symlink points to
+	)
 	err := c.withDir(ctx, func(r *os.Root) error {
+		if err := c.repair(r); err != nil {
+			return err
+		}
 		var err error
-		f, err = r.Open(name)
+		info, err = r.Lstat(name)
+		if err == nil && info.Mode().IsRegular() {
+			f, err = r.Open(name)
+		}
 		if errors.Is(err, fs.ErrNotExist) {
+			info = nil // a miss, even if another process discarded it just now
 			return nil
 		}
 		return err
 	})
-	if err != nil || f == nil {
-		return nil, err
+	if err != nil {
+		return nil, fmt.Errorf("looking up blob sha256:%s in cache %s: %w", hexDigest, c.dir, err)
 	}
-	if err := verifyFile(f, hexDigest, b.Size); err != nil {
-		opened, statErr := f.Stat()
+	if info == nil {
+		return nil, nil
+	}
+	var bad error
+	if f == nil {
+		bad = fmt.Errorf("not a regular file but %v", info.Mode())
+	} else if bad = verifyFile(f, info, hexDigest, b.Size); bad != nil {
 		f.Close()
-		c.warn("discarded corrupt cached blob sha256:%s (%v); fetching it again", hexDigest, err)
-		if statErr != nil {
-			return nil, nil
+	}
+	if bad != nil {
+		if err := c.discard(ctx, name, info); err != nil {
+			return nil, fmt.Errorf("discarding corrupt blob sha256:%s (%v): %w; run banger prune to empty the cache", hexDigest, bad, err)
 		}
-		return nil, c.discard(ctx, name, opened)
+		c.warn("discarded corrupt cached blob sha256:%s (%v); fetching it again", hexDigest, bad)
+		return nil, nil
 	}
 	if b.Progress != nil {
-		if info, err := f.Stat(); err == nil {
-			b.Progress(info.Size())
-		}
+		b.Progress(info.Size())
 	}
 	return f, nil
 }
 
-// verifyFile checks a cached blob's size and digest, leaving it at offset 0.
-func verifyFile(f *os.File, hexDigest string, size int64) error {
+// verifyFile checks that f is the regular file entry describes, holding the
+// blob's size and digest, and leaves it at offset 0.
+func verifyFile(f *os.File, entry fs.FileInfo, hexDigest string, size int64) error {
 	info, err := f.Stat()
 	if err != nil {
 		return err
 	}
-	if !info.Mode().IsRegular() {
-		return fmt.Errorf("not a regular file")
+	if !info.Mode().IsRegular() || !os.SameFile(info, entry) {
+		return fmt.Errorf("replaced while being opened")
 	}
 	if size >= 0 && info.Size() != size {
 		return fmt.Errorf("size %d, want %d", info.Size(), size)
@@ -165,17 +214,18 @@ func verifyFile(f *os.File, hexDigest string, size int64) error {
 	return err
 }
 
-// discard removes name if it is still the file that was opened (as
-// described by opened), so that a good blob published meanwhile by another
-// process is left alone.
+// discard removes name (inside the cache) if it is still the entry
+// described by opened, so that a good blob published meanwhile by another
+// process is left alone. A directory is removed with its contents; a
+// symlink is removed as a link, never followed.
 func (c *Cache) discard(ctx context.Context, name string, opened fs.FileInfo) error {
 	return c.withDir(ctx, func(r *os.Root) error {
 		current, err := r.Lstat(name)
 		if err != nil || !os.SameFile(opened, current) {
 			return nil
 		}
-		if err := r.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("removing corrupt blob %s: %w", name, err)
+		if err := r.RemoveAll(name); err != nil {
+			return fmt.Errorf("removing %s/%s: %w", c.dir, name, err)
 		}
 		return nil
 	})
@@ -196,25 +246,39 @@ func (c *Cache) withDir(ctx context.Context, fn func(r *os.Root) error) error {
 	return fn(r)
 }
 
-// download fetches the blob once into a temp file and publishes it.
+// download fetches the blob once into a temp file and publishes it. It
+// returns a read-only descriptor of the published file; on error it removes
+// the temp file and takes back the bytes it reported to Progress.
 func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.File, err error) {
 	tmpName := tmpSubdir + "/" + hexDigest + "." + randomSuffix() + ".partial"
-	var tmp *os.File
+	var (
+		tmp, reader *os.File
+		opened      fs.FileInfo
+	)
 	err = c.withDir(ctx, func(r *os.Root) error {
 		var err error
-		tmp, err = r.OpenFile(tmpName, os.O_RDWR|os.O_CREATE|os.O_EXCL, filePerm)
+		tmp, err = r.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
+		if err != nil {
+			return err
+		}
+		// The caller gets its own read-only descriptor: the published blob
+		// is this very inode, and a caller writing through a read-write
+		// one would corrupt the cache.
+		reader, err = r.Open(tmpName)
+		if err == nil {
+			opened, err = reader.Stat()
+		}
+		if err != nil {
+			tmp.Close()
+			if reader != nil {
+				reader.Close()
+			}
+			r.Remove(tmpName)
+		}
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("creating temp file for sha256:%s: %w", hexDigest, err)
-	}
-	// The writer holds an exclusive flock on its temp file for as long as it
-	// lives: a cleaner that can take the lock knows the writer is gone.
-	unix.Flock(int(tmp.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-	opened, err := tmp.Stat()
-	if err != nil {
-		tmp.Close()
-		return nil, err
+		return nil, &localError{fmt.Errorf("creating temp file for sha256:%s in cache %s: %w", hexDigest, c.dir, err)}
 	}
 	var read int64
 	defer func() {
@@ -222,7 +286,10 @@ func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.F
 			return
 		}
 		tmp.Close()
-		// Cleanup must happen even when ctx was cancelled (Ctrl-C).
+		reader.Close()
+		// Cleanup must happen even when ctx was cancelled (Ctrl-C). If a
+		// prune moved the cache aside meanwhile, the temp file went with
+		// it and discard finds nothing to do.
 		c.discard(context.WithoutCancel(ctx), tmpName, opened)
 		if b.Progress != nil && read > 0 {
 			b.Progress(-read)
@@ -233,16 +300,19 @@ func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.F
 	if err != nil {
 		return nil, err
 	}
+	// Sync before the blob gets its final name, so that a crash cannot
+	// leave a published name on unwritten data; close to catch late write
+	// errors from the filesystem.
 	if err := tmp.Sync(); err != nil {
-		return nil, fmt.Errorf("syncing blob sha256:%s: %w", hexDigest, err)
+		return nil, &localError{fmt.Errorf("syncing blob sha256:%s: %w", hexDigest, err)}
+	}
+	if err := tmp.Close(); err != nil {
+		return nil, &localError{fmt.Errorf("writing blob sha256:%s: %w", hexDigest, err)}
 	}
 	if err := c.publish(ctx, tmpName, opened, hexDigest); err != nil {
-		return nil, err
+		return nil, &localError{err}
 	}
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		return nil, err
-	}
-	return tmp, nil
+	return reader, nil
 }
 
 // stream copies the blob from its source into w, verifying size and digest.
@@ -259,7 +329,11 @@ func (c *Cache) stream(ctx context.Context, w io.Writer, hexDigest string, b Blo
 		// too long, without reading a runaway body to its end.
 		src = io.LimitReader(rc, b.Size+1)
 	}
-	n, err := io.CopyBuffer(io.MultiWriter(w, h), &progressReader{ctx: ctx, r: src, progress: b.Progress}, make([]byte, 1<<20))
+	n, err := io.CopyBuffer(io.MultiWriter(localWriter{w}, h), &progressReader{ctx: ctx, r: src, progress: b.Progress}, make([]byte, 1<<20))
+	var local *localError
+	if errors.As(err, &local) {
+		return n, &localError{fmt.Errorf("writing blob sha256:%s into cache: %w", hexDigest, local.err)}
+	}
 	if err != nil {
 		return n, fmt.Errorf("fetching blob sha256:%s from %s: %w", hexDigest, b.Source, err)
 	}

@@ -21,6 +21,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -81,12 +82,25 @@ type Cache struct {
 	dir      string // the directory prune empties: <root>/oci
 	lockPath string // outside dir, so it survives prune's rename
 	opts     Options
+
+	// backoff is the pause before Fetch's second attempt, doubling for
+	// each further one; noticeAfter is how long a lock wait stays silent.
+	// They are fields, set by New to the package defaults, so that tests
+	// can shorten them instead of sleeping.
+	backoff     time.Duration
+	noticeAfter time.Duration
 }
 
 // New returns the cache kept in dir, locked through lockPath. It touches no
 // files: the cache is created by the first Fetch.
 func New(dir, lockPath string, opts Options) *Cache {
-	return &Cache{dir: filepath.Clean(dir), lockPath: lockPath, opts: opts}
+	return &Cache{
+		dir:         filepath.Clean(dir),
+		lockPath:    lockPath,
+		opts:        opts,
+		backoff:     backoff,
+		noticeAfter: noticeAfter,
+	}
 }
 
 // Dir returns the cache directory.
@@ -119,6 +133,19 @@ func (c *Cache) openDir() (*os.Root, error) {
 	return r, nil
 }
 
+// repair recreates the subdirectories of a tagged cache that lost them
+// (removed by hand), which would otherwise fail every pull with a bare "no
+// such file or directory" until a prune. MkdirAll writes nothing when both
+// exist. Only lookup calls it: cleanup paths must work in a broken cache.
+func (c *Cache) repair(r *os.Root) error {
+	for _, sub := range []string{blobsSubdir, tmpSubdir} {
+		if err := r.MkdirAll(sub, dirPerm); err != nil {
+			return fmt.Errorf("repairing cache %s: %w; run banger prune to start afresh", c.dir, err)
+		}
+	}
+	return nil
+}
+
 // checkDir reports whether c.dir is a real directory carrying banger's tag.
 // It returns an error wrapping fs.ErrNotExist when the cache does not exist.
 func (c *Cache) checkDir() error {
@@ -133,8 +160,14 @@ func (c *Cache) checkDir() error {
 	if !info.IsDir() {
 		return fmt.Errorf("cache %s is not a directory; move it away or choose another --cache-dir", c.dir)
 	}
-	tag, err := os.ReadFile(filepath.Join(c.dir, tagName))
-	if err != nil || !bytes.HasPrefix(tag, []byte(tagSignature)) {
+	// The tag must be a regular file of its own: a symlink to another
+	// cache's tag would make any directory look like banger's to delete.
+	tagPath := filepath.Join(c.dir, tagName)
+	var tag []byte
+	if info, err := os.Lstat(tagPath); err == nil && info.Mode().IsRegular() {
+		tag, _ = os.ReadFile(tagPath)
+	}
+	if !bytes.HasPrefix(tag, []byte(tagSignature)) {
 		return fmt.Errorf("cache %s: %w; refusing to touch it: move it away or choose another --cache-dir", c.dir, ErrNotCache)
 	}
 	return nil
@@ -165,8 +198,10 @@ func (c *Cache) create() error {
 	if err == nil {
 		err = os.Rename(staging, c.dir)
 		if err != nil && c.checkDir() == nil {
-			// Another process created the cache first; use theirs.
-			err = nil
+			// Another process created the cache first; use theirs, and
+			// drop our staging copy below rather than leave it for prune.
+			os.RemoveAll(staging)
+			return nil
 		}
 	}
 	if err != nil {
@@ -189,8 +224,21 @@ func syncDir(dir string) error {
 	return nil
 }
 
+// randomSuffix names temp files, asides and staging directories. Prune
+// deletes only siblings whose suffix has exactly this form.
 func randomSuffix() string {
 	var b [8]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// leftoverName reports whether name is an aside or a staging directory as
+// randomSuffix names them: prune deletes only names banger makes.
+func leftoverName(name string) bool {
+	for _, prefix := range []string{asidePrefix, creatingPrefix} {
+		if suffix, ok := strings.CutPrefix(name, prefix); ok {
+			return len(suffix) == 16 && validHexLen(suffix, 16)
+		}
+	}
+	return false
 }

@@ -11,7 +11,8 @@ import (
 )
 
 const (
-	// noticeAfter is how long a lock wait stays silent: long enough that an
+	// noticeAfter is the default of Cache.noticeAfter, how long a lock wait
+	// stays silent: long enough that an
 	// uncontended run never prints it, short enough that a user waiting on a
 	// prune or a pull knows why nothing happens.
 	noticeAfter = time.Second
@@ -55,9 +56,12 @@ func (c *Cache) lock(ctx context.Context, exclusive bool) (unlock func(), err er
 		waited := time.Since(start)
 		if c.opts.NoWait || (c.opts.Wait > 0 && waited >= c.opts.Wait) {
 			fl.Close()
+			if c.opts.NoWait {
+				return nil, fmt.Errorf("%w: %s is held by another banger process; retry later, or drop --no-wait to wait for it", ErrLockBusy, c.lockPath)
+			}
 			return nil, fmt.Errorf("%w: %s is held by another banger process (waited %s); retry later or raise --wait", ErrLockBusy, c.lockPath, waited.Round(time.Millisecond))
 		}
-		if !noticed && waited >= noticeAfter && c.opts.Notice != nil {
+		if !noticed && waited >= c.noticeAfter && c.opts.Notice != nil {
 			noticed = true
 			c.opts.Notice(fmt.Sprintf("waiting for lock %s held by another banger process", c.lockPath))
 		}

@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"strings"
 )
 
 // Tally measures what a prune frees or the cache holds.
@@ -28,7 +27,7 @@ func (t *Tally) add(o Tally) { t.Bytes += o.Bytes; t.Blobs += o.Blobs }
 // A cache that does not exist measures zero.
 func (c *Cache) Usage(ctx context.Context) (Tally, error) {
 	var total Tally
-	if _, err := os.Lstat(c.parent()); errors.Is(err, fs.ErrNotExist) {
+	if c.absent() {
 		return total, nil
 	}
 	unlock, err := c.lock(ctx, false)
@@ -36,10 +35,19 @@ func (c *Cache) Usage(ctx context.Context) (Tally, error) {
 		return total, err
 	}
 	defer unlock()
-	dirs, err := c.prunable(true)
+	var dirs []string
+	switch err := c.checkDir(); {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return total, err
+	default:
+		dirs = append(dirs, path.Base(c.dir))
+	}
+	leftovers, err := c.leftovers()
 	if err != nil {
 		return total, err
 	}
+	dirs = append(dirs, leftovers...)
 	for _, d := range dirs {
 		t, err := walk(ctx, c.parent(), d, false)
 		total.add(t)
@@ -68,18 +76,15 @@ func (c *Cache) Prune(ctx context.Context, dryRun bool) (Tally, error) {
 		return c.Usage(ctx)
 	}
 	var total Tally
-	if _, err := os.Lstat(c.parent()); errors.Is(err, fs.ErrNotExist) {
+	if c.absent() {
 		return total, nil
 	}
-	if err := c.renameAside(ctx); err != nil {
+	dirs, err := c.renameAside(ctx)
+	if err != nil {
 		return total, err
 	}
 	// Outside the lock: deleting a large cache takes a while, and nothing
 	// but prune ever looks at an aside.
-	dirs, err := c.prunable(false)
-	if err != nil {
-		return total, err
-	}
 	var errs []error
 	for _, d := range dirs {
 		t, err := walk(ctx, c.parent(), d, true)
@@ -91,50 +96,58 @@ func (c *Cache) Prune(ctx context.Context, dryRun bool) (Tally, error) {
 	return total, errors.Join(errs...)
 }
 
-// renameAside swaps the cache for an empty one under the exclusive lock.
-func (c *Cache) renameAside(ctx context.Context) error {
+// renameAside swaps the cache for an empty one under the exclusive lock and
+// returns the directories to delete, relative to the cache's parent: the
+// aside and every leftover of an interrupted prune or cache creation.
+//
+// It lists them before releasing the lock: a .creating- directory seen while
+// no pull holds the lock is a crash's leftover, but one seen later may be a
+// pull creating the cache at that very moment, and deleting it from under
+// that pull could leave a cache directory without its tag.
+func (c *Cache) renameAside(ctx context.Context) ([]string, error) {
 	unlock, err := c.lock(ctx, true)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer unlock()
 	switch err := c.checkDir(); {
 	case errors.Is(err, fs.ErrNotExist):
-		return nil
 	case err != nil:
-		return err
-	}
-	aside := c.parent() + "/" + asidePrefix + randomSuffix()
-	if err := os.Rename(c.dir, aside); err != nil {
-		return fmt.Errorf("renaming cache aside: %w", err)
-	}
-	if err := c.create(); err != nil {
-		return fmt.Errorf("recreating empty cache after renaming it to %s: %w", aside, err)
-	}
-	return nil
-}
-
-// prunable lists, relative to the cache's parent, the directories a prune
-// frees: every leftover aside or half-created cache, and with includeCache
-// the cache itself (checked for its tag).
-func (c *Cache) prunable(includeCache bool) ([]string, error) {
-	var dirs []string
-	if includeCache {
-		switch err := c.checkDir(); {
-		case errors.Is(err, fs.ErrNotExist):
-		case err != nil:
-			return nil, err
-		default:
-			dirs = append(dirs, path.Base(c.dir))
+		return nil, err
+	default:
+		aside := c.parent() + "/" + asidePrefix + randomSuffix()
+		if err := os.Rename(c.dir, aside); err != nil {
+			return nil, fmt.Errorf("renaming cache aside: %w", err)
+		}
+		if err := c.create(); err != nil {
+			return nil, fmt.Errorf("recreating empty cache after renaming it to %s: %w; the next pull creates it, the next prune deletes %s", aside, err, aside)
 		}
 	}
+	return c.leftovers()
+}
+
+// absent reports whether there is nothing to measure or prune: no cache
+// directory and no leftovers beside it. Then Usage and Prune return at once
+// and create nothing, not even the lock file.
+func (c *Cache) absent() bool {
+	if _, err := os.Lstat(c.dir); !errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	names, err := c.leftovers()
+	return errors.Is(err, fs.ErrNotExist) || err == nil && len(names) == 0
+}
+
+// leftovers lists, relative to the cache's parent, the asides and staging
+// directories that interrupted prunes and cache creations left behind.
+func (c *Cache) leftovers() ([]string, error) {
 	entries, err := os.ReadDir(c.parent())
 	if err != nil {
 		return nil, fmt.Errorf("listing %s: %w", c.parent(), err)
 	}
+	var dirs []string
 	for _, e := range entries {
 		// Only names banger makes; a real directory, never a link.
-		if e.IsDir() && (strings.HasPrefix(e.Name(), asidePrefix) || strings.HasPrefix(e.Name(), creatingPrefix)) {
+		if e.IsDir() && leftoverName(e.Name()) {
 			dirs = append(dirs, e.Name())
 		}
 	}
@@ -172,7 +185,7 @@ func walkDir(ctx context.Context, r *os.Root, name, rel string, remove bool, t *
 	if err != nil {
 		return err
 	}
-	defer d.Close()
+	defer func() { d.Close() }()
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -180,34 +193,8 @@ func walkDir(ctx context.Context, r *os.Root, name, rel string, remove bool, t *
 		// Batches keep memory flat on a directory of 100,000 blobs.
 		entries, err := d.ReadDir(1024)
 		for _, e := range entries {
-			entryRel := path.Join(rel, e.Name())
-			if e.IsDir() {
-				err := walkDir(ctx, sub, e.Name(), entryRel, remove, t)
-				if err == nil {
-					err = removeEntry(sub, e.Name(), remove)
-				}
-				if err != nil && !errors.Is(err, fs.ErrNotExist) {
-					return err
-				}
-				continue
-			}
-			info, err := sub.Lstat(e.Name())
-			if errors.Is(err, fs.ErrNotExist) {
-				continue // a concurrent prune of the same aside got it first
-			} else if err != nil {
+			if err := walkEntry(ctx, sub, e, path.Join(rel, e.Name()), remove, t); err != nil {
 				return err
-			}
-			if err := removeEntry(sub, e.Name(), remove); errors.Is(err, fs.ErrNotExist) {
-				continue // counted by whoever removed it
-			} else if err != nil {
-				return err
-			}
-			if entryRel == tagName {
-				continue
-			}
-			t.Bytes += info.Size()
-			if path.Dir(entryRel) == blobsSubdir && validHex(e.Name()) {
-				t.Blobs++
 			}
 		}
 		if err == io.EOF {
@@ -216,7 +203,49 @@ func walkDir(ctx context.Context, r *os.Root, name, rel string, remove bool, t *
 		if err != nil {
 			return err
 		}
+		if remove {
+			// Deleting entries may reorder the directory, so reading on
+			// could skip some (golang/go#20841, as in os.RemoveAll): read
+			// again from the start, where only unseen entries are left.
+			d.Close()
+			if d, err = sub.Open("."); err != nil {
+				return err
+			}
+		}
 	}
+}
+
+// walkEntry counts, and with remove deletes, the entry e of r.
+func walkEntry(ctx context.Context, r *os.Root, e fs.DirEntry, rel string, remove bool, t *Tally) error {
+	if e.IsDir() {
+		err := walkDir(ctx, r, e.Name(), rel, remove, t)
+		if err == nil {
+			err = removeEntry(r, e.Name(), remove)
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // a concurrent prune of the same aside got it first
+		}
+		return err
+	}
+	info, err := r.Lstat(e.Name())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if err := removeEntry(r, e.Name(), remove); errors.Is(err, fs.ErrNotExist) {
+		return nil // counted by whoever removed it
+	} else if err != nil {
+		return err
+	}
+	if rel == tagName {
+		return nil
+	}
+	t.Bytes += info.Size()
+	if path.Dir(rel) == blobsSubdir && validHex(e.Name()) && info.Mode().IsRegular() {
+		t.Blobs++
+	}
+	return nil
 }
 
 func removeEntry(r *os.Root, name string, remove bool) error {

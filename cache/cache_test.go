@@ -1,0 +1,442 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// newTestCache returns a cache laid out as banger lays it out, <root>/oci
+// with the lock <root>/oci.lock, under a root that does not exist yet. Its
+// retry backoff is shortened so that retries cost no noticeable time.
+func newTestCache(t *testing.T, opts Options) *Cache {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), "root")
+	c := New(filepath.Join(root, "oci"), filepath.Join(root, "oci.lock"), opts)
+	c.backoff = time.Millisecond
+	return c
+}
+
+// initCache creates c's directory the way a first pull does.
+func initCache(t *testing.T, c *Cache) {
+	t.Helper()
+	if err := c.withDir(t.Context(), func(*os.Root) error { return nil }); err != nil {
+		t.Fatalf("creating cache: %v", err)
+	}
+}
+
+func digestOf(data []byte) string {
+	sum := sha256.Sum256(data)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+func hexOf(data []byte) string { return strings.TrimPrefix(digestOf(data), "sha256:") }
+
+// blobOf describes data as served by an in-memory source; opens, if not nil,
+// counts the calls to Open.
+func blobOf(data []byte, opens *atomic.Int32) Blob {
+	return Blob{
+		Digest: digestOf(data),
+		Size:   int64(len(data)),
+		Source: "test-source",
+		Open: func(context.Context) (io.ReadCloser, error) {
+			if opens != nil {
+				opens.Add(1)
+			}
+			return io.NopCloser(bytes.NewReader(data)), nil
+		},
+	}
+}
+
+// content returns n deterministic bytes that differ by seed.
+func content(seed byte, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = seed + byte(i*7)
+	}
+	return b
+}
+
+// readFetched checks that f is at offset 0 and returns its content,
+// closing it.
+func readFetched(t *testing.T, f *os.File) []byte {
+	t.Helper()
+	defer f.Close()
+	if off, err := f.Seek(0, io.SeekCurrent); err != nil || off != 0 {
+		t.Errorf("Fetch returned a file at offset %d (err %v), want 0", off, err)
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatalf("reading fetched blob: %v", err)
+	}
+	return data
+}
+
+// mustFetch fetches data through c and checks what it gets.
+func mustFetch(t *testing.T, c *Cache, data []byte) {
+	t.Helper()
+	f, err := c.Fetch(t.Context(), blobOf(data, nil))
+	if err != nil {
+		t.Fatalf("Fetch(%s) error: %v", digestOf(data), err)
+	}
+	if got := readFetched(t, f); !bytes.Equal(got, data) {
+		t.Fatalf("Fetch(%s) = %d bytes, want the %d bytes served", digestOf(data), len(got), len(data))
+	}
+}
+
+func blobPath(c *Cache, data []byte) string {
+	return filepath.Join(c.dir, blobsSubdir, hexOf(data))
+}
+
+// names lists dir, sorted; nil if dir does not exist.
+func names(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+func writeFile(t *testing.T, name string, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(name, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func symlink(t *testing.T, target, name string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// node is what snapshot records of one directory entry.
+type node struct {
+	Mode  fs.FileMode
+	MTime time.Time
+	Data  string // a file's content or a symlink's target
+}
+
+// snapshot records every entry under dir without following symlinks; an
+// absent dir records as empty. Entries named in skip (relative paths) are
+// left out.
+func snapshot(t *testing.T, dir string, skip ...string) map[string]node {
+	t.Helper()
+	out := map[string]node{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) && p == dir {
+			return filepath.SkipAll
+		}
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if slices.Contains(skip, rel) {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		n := node{Mode: info.Mode(), MTime: info.ModTime()}
+		switch {
+		case info.Mode().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			n.Data = string(b)
+		case info.Mode()&fs.ModeSymlink != 0:
+			n.Data, err = os.Readlink(p)
+			if err != nil {
+				return err
+			}
+		case info.IsDir():
+			n.MTime = time.Time{} // listing a directory is no change
+		}
+		out[rel] = n
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("snapshot of %s: %v", dir, err)
+	}
+	return out
+}
+
+func checkSame(t *testing.T, what string, before, after map[string]node) {
+	t.Helper()
+	if reflect.DeepEqual(before, after) {
+		return
+	}
+	for k, v := range before {
+		if w, ok := after[k]; !ok {
+			t.Errorf("%s: %s disappeared", what, k)
+		} else if v != w {
+			t.Errorf("%s: %s changed from %+v to %+v", what, k, v, w)
+		}
+	}
+	for k := range after {
+		if _, ok := before[k]; !ok {
+			t.Errorf("%s: %s appeared", what, k)
+		}
+	}
+}
+
+// checkEmptyCache checks that c's directory is a complete, empty cache.
+func checkEmptyCache(t *testing.T, c *Cache) {
+	t.Helper()
+	if got, want := names(t, c.dir), []string{tagName, "blobs", tmpSubdir}; !slices.Equal(got, want) {
+		t.Errorf("cache dir holds %q, want %q", got, want)
+	}
+	tag, err := os.ReadFile(filepath.Join(c.dir, tagName))
+	if err != nil || !strings.HasPrefix(string(tag), tagSignature) {
+		t.Errorf("CACHEDIR.TAG = %q (err %v), want it to start with %q", tag, err, tagSignature)
+	}
+	if got := names(t, filepath.Join(c.dir, "blobs")); !slices.Equal(got, []string{"sha256"}) {
+		t.Errorf("blobs/ holds %q, want [sha256]", got)
+	}
+	for _, sub := range []string{blobsSubdir, tmpSubdir} {
+		info, err := os.Lstat(filepath.Join(c.dir, sub))
+		if err != nil || !info.IsDir() {
+			t.Errorf("%s: %v, want a directory", sub, err)
+		} else if got := names(t, filepath.Join(c.dir, sub)); len(got) != 0 {
+			t.Errorf("%s holds %q, want it empty", sub, got)
+		}
+	}
+}
+
+// checkNoLeftovers checks that no aside or staging directory is left beside
+// the cache.
+func checkNoLeftovers(t *testing.T, c *Cache) {
+	t.Helper()
+	for _, name := range names(t, c.parent()) {
+		if leftoverName(name) {
+			t.Errorf("%s left in %s", name, c.parent())
+		}
+	}
+}
+
+func TestParseDigest(t *testing.T) {
+	good := strings.Repeat("0123456789abcdef", 4)
+	tests := []struct {
+		name    string
+		digest  string
+		want    string
+		wantErr string
+	}{
+		{name: "valid", digest: "sha256:" + good, want: good},
+		{name: "empty", digest: "", wantErr: "unsupported"},
+		{name: "no algorithm", digest: good, wantErr: "unsupported"},
+		{name: "sha512", digest: "sha512:" + good + good, wantErr: "only sha256"},
+		{name: "upper-case algorithm", digest: "SHA256:" + good, wantErr: "unsupported"},
+		{name: "empty hex", digest: "sha256:", wantErr: "malformed"},
+		{name: "short", digest: "sha256:" + good[1:], wantErr: "malformed"},
+		{name: "long", digest: "sha256:" + good + "0", wantErr: "malformed"},
+		{name: "upper-case hex", digest: "sha256:" + strings.ToUpper(good), wantErr: "malformed"},
+		{name: "path traversal", digest: "sha256:../../../../etc/passwd" + good[28:], wantErr: "malformed"},
+		{name: "slash", digest: "sha256:" + good[:63] + "/", wantErr: "malformed"},
+		{name: "trailing newline", digest: "sha256:" + good + "\n", wantErr: "malformed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseDigest(tt.digest)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Errorf("parseDigest(%q) = %q, %v, want error containing %q", tt.digest, got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Errorf("parseDigest(%q) = %q, %v, want %q", tt.digest, got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestLeftoverName(t *testing.T) {
+	tests := []struct {
+		name string
+		want bool
+	}{
+		{asidePrefix + randomSuffix(), true},
+		{creatingPrefix + randomSuffix(), true},
+		{asidePrefix + "0123456789abcdef", true},
+		{asidePrefix, false},
+		{asidePrefix + "0123456789abcde", false},
+		{asidePrefix + "0123456789abcdef0", false},
+		{asidePrefix + "0123456789ABCDEF", false},
+		{asidePrefix + "notbangers-files", false},
+		{creatingPrefix + "0123456789abcdeg", false},
+		{"oci", false},
+		{"pruning-0123456789abcdef", false},
+		{".pruning0123456789abcdef", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := leftoverName(tt.name); got != tt.want {
+				t.Errorf("leftoverName(%q) = %v, want %v", tt.name, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestCreateConcurrent starts many pulls on a cache that does not exist:
+// each may build a staging copy, one wins the rename, and the losers must
+// not leave theirs behind.
+func TestCreateConcurrent(t *testing.T) {
+	tests := []struct {
+		name  string
+		pulls int
+	}{
+		{"one", 1},
+		{"two", 2},
+		{"sixteen", 16},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newTestCache(t, Options{})
+			start := make(chan struct{})
+			var wg sync.WaitGroup
+			for i := range tt.pulls {
+				wg.Go(func() {
+					<-start
+					data := content(byte(i), 100+i)
+					f, err := c.Fetch(t.Context(), blobOf(data, nil))
+					if err != nil {
+						t.Errorf("Fetch #%d error: %v", i, err)
+						return
+					}
+					f.Close()
+				})
+			}
+			close(start)
+			wg.Wait()
+			if got, want := names(t, c.parent()), []string{"oci", "oci.lock"}; !slices.Equal(got, want) {
+				t.Errorf("cache root holds %q, want %q", got, want)
+			}
+			if got := len(names(t, filepath.Join(c.dir, blobsSubdir))); got != tt.pulls {
+				t.Errorf("%d blobs published, want %d", got, tt.pulls)
+			}
+		})
+	}
+}
+
+// TestPermissions checks the modes banger gives what it creates under the
+// usual umask: readable by all, so that unprivileged users can measure a
+// system cache.
+func TestPermissions(t *testing.T) {
+	old := syscall.Umask(0o022)
+	t.Cleanup(func() { syscall.Umask(old) })
+
+	tests := []struct {
+		name string
+		run  func(t *testing.T, c *Cache)
+	}{
+		{"after fetch", func(t *testing.T, c *Cache) {
+			mustFetch(t, c, content(1, 1000))
+		}},
+		{"after prune", func(t *testing.T, c *Cache) {
+			mustFetch(t, c, content(1, 1000))
+			if _, err := c.Prune(t.Context(), false); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"after usage", func(t *testing.T, c *Cache) {
+			mustFetch(t, c, content(1, 1000))
+			os.Remove(c.lockPath)
+			if _, err := c.Usage(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newTestCache(t, Options{})
+			tt.run(t, c)
+			n := 0
+			err := filepath.WalkDir(c.parent(), func(p string, d fs.DirEntry, err error) error {
+				if err != nil {
+					return err
+				}
+				info, err := d.Info()
+				if err != nil {
+					return err
+				}
+				want := fs.FileMode(0o644)
+				if d.IsDir() {
+					want = fs.ModeDir | 0o755
+				}
+				if info.Mode() != want {
+					t.Errorf("%s has mode %v, want %v", p, info.Mode(), want)
+				}
+				n++
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(c.lockPath); err != nil {
+				t.Errorf("lock file: %v", err)
+			}
+			if n < 7 { // root, lock, oci, tag, blobs, sha256, tmp
+				t.Errorf("walked %d entries, want at least 7", n)
+			}
+		})
+	}
+}
+
+// TestRepairsMissingSubdirs checks that a tagged cache whose blobs or tmp
+// directory was removed by hand still works.
+func TestRepairsMissingSubdirs(t *testing.T) {
+	tests := []struct {
+		name   string
+		remove string
+	}{
+		{"no blobs", "blobs"},
+		{"no blobs/sha256", blobsSubdir},
+		{"no tmp", tmpSubdir},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newTestCache(t, Options{})
+			initCache(t, c)
+			if err := os.RemoveAll(filepath.Join(c.dir, tt.remove)); err != nil {
+				t.Fatal(err)
+			}
+			data := content(3, 500)
+			mustFetch(t, c, data)
+			if _, err := os.Stat(blobPath(c, data)); err != nil {
+				t.Errorf("blob not published: %v", err)
+			}
+		})
+	}
+}
