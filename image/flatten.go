@@ -22,6 +22,12 @@ package image
 //
 // Whiteouts and entries of a layer only shadow lower layers: their effect is
 // collected while the layer is read and merged into the index at its end.
+//
+// Names are written once, except for duplicates inside one layer (see
+// flatten). Symlinks, and hardlinks to them, are held back until the end of
+// their layer: a duplicate can then drop them, which matters because GNU tar
+// creates symlinks with ".." or absolute targets only at the end of
+// extraction, so a later entry of the same name would not replace them.
 
 import (
 	"archive/tar"
@@ -55,15 +61,19 @@ type flattenLayer struct {
 // spoolDir is a writable directory for temporary files (same filesystem as the output); flatten removes what it creates there.
 //
 // The result, extracted with tar -x, is the tree that unpacking the layers in
-// order produces (umoci unpack). Every name is written at most once, except for
-// duplicate names inside one layer: those are written in their layer's order
-// and the later one wins on extraction, as with tar -x of that layer.
+// order produces (umoci unpack). Every name is written once, except for
+// duplicate names inside one layer: a replaced regular file, hardlink,
+// directory or device stays in the output before its replacement, so the
+// later entry wins on extraction, as with tar -x of that layer. Names and
+// hardlink targets that climb out of the root are errors, as are hardlinks
+// whose target is missing or a directory (umoci fails on those too).
 func flatten(ctx context.Context, w io.Writer, layers []flattenLayer, spoolDir string) error {
 	f := &flattener{
 		tw:       tar.NewWriter(w),
 		spoolDir: spoolDir,
 		upper:    make(map[string]shadow),
 		waiting:  make(map[string]*inode),
+		buf:      make([]byte, 32<<10),
 	}
 	for i := len(layers) - 1; i >= 0; i-- {
 		if err := f.readLayer(ctx, i, layers[i]); err != nil {
@@ -103,11 +113,7 @@ const (
 // shadow converts a layer's marks at a path into what they hide in lower layers.
 func (m mark) shadow() shadow {
 	var s shadow
-	// A whiteout of a directory that the same layer fills again (without a
-	// directory entry of its own) empties it of lower content but keeps the
-	// lower directory, as umoci does: whiteouts never remove what their own
-	// layer adds. It then behaves like an opaque marker.
-	if m&(markDir|markNonDir) != 0 || m&(markWhiteout|markParent) == markWhiteout {
+	if m&(markDir|markNonDir|markWhiteout) != 0 {
 		s |= hideSelf
 	}
 	if m&(markNonDir|markWhiteout|markOpaque) != 0 {
@@ -141,25 +147,12 @@ type inode struct {
 	name, target string
 }
 
-// release detaches names from the inode after a later entry of the same name
-// replaced them.
-func (ino *inode) release(names []string) {
-	if ino.hdr == nil {
-		ino.members = slices.DeleteFunc(ino.members, func(m string) bool { return slices.Contains(names, m) })
-		return
-	}
-	ino.extra = slices.DeleteFunc(ino.extra, func(m string) bool { return slices.Contains(names, m) })
-	if ino.out != "" && slices.Contains(names, ino.out) {
-		ino.out = ""
-		if len(ino.extra) > 0 {
-			ino.out, ino.extra = ino.extra[0], ino.extra[1:]
-		}
-	}
-}
+// held reports whether the inode's names are written at the end of the layer.
+func (ino *inode) held() bool { return ino.hdr.Typeflag == tar.TypeSymlink }
 
-// layerEntry is a non-directory entry of the layer being read.
+// layerEntry is an entry of the layer being read.
 type layerEntry struct {
-	ino *inode
+	ino *inode // nil for a directory
 	// attached are upper-layer hardlinks that resolved at this entry; a
 	// duplicate of this name later in the layer takes them over.
 	attached []string
@@ -169,18 +162,67 @@ type layerEntry struct {
 type layerState struct {
 	idx   int
 	marks map[string]mark
-	// entries are this layer's non-directories read so far: targets for
+	// entries are this layer's entries read so far, by name: targets for
 	// hardlinks later in the layer.
 	entries map[string]*layerEntry
 	// placeholders are inodes of links to lower layers, by target path.
 	placeholders map[string]*inode
-	spool        *os.File
-	spoolEnd     int64
+	// held are headers written at the end of the layer; heldAt indexes them
+	// by name, and a dropped one is nil.
+	held     []*tar.Header
+	heldAt   map[string]int
+	spool    *os.File
+	spoolEnd int64
+}
+
+func (ls *layerState) hold(h *tar.Header) {
+	ls.heldAt[h.Name] = len(ls.held)
+	ls.held = append(ls.held, h)
+}
+
+func (ls *layerState) unhold(name string) {
+	if i, ok := ls.heldAt[name]; ok {
+		ls.held[i] = nil
+		delete(ls.heldAt, name)
+	}
+}
+
+// release detaches names from ino after later entries of the same names in
+// this layer replaced them. If the name holding the content goes, the next
+// written name takes over.
+func (ls *layerState) release(ino *inode, names []string) {
+	gone := func(m string) bool { return slices.Contains(names, m) }
+	if ino.hdr == nil {
+		ino.members = slices.DeleteFunc(ino.members, gone)
+		return
+	}
+	ino.extra = slices.DeleteFunc(ino.extra, gone)
+	if ino.out == "" || !gone(ino.out) {
+		return
+	}
+	ino.out = ""
+	if len(ino.extra) > 0 {
+		ino.out, ino.extra = ino.extra[0], ino.extra[1:]
+	}
+	if !ino.held() || ino.out == "" {
+		// A written file stays in the output until the replacing entry
+		// follows it, and links written before then keep its content.
+		return
+	}
+	// Held names are not written yet: turn the first link into the content
+	// and point the others at it.
+	ls.held[ls.heldAt[ino.out]] = outHeader(ino.hdr, ino.out)
+	for _, e := range ino.extra {
+		ls.held[ls.heldAt[e]].Linkname = ino.out
+	}
 }
 
 type flattener struct {
 	tw       *tar.Writer
 	spoolDir string
+	// buf is for copying file data: io.Copy would allocate one per file,
+	// as neither tar.Reader nor tar.Writer offers WriterTo or ReaderFrom.
+	buf []byte
 	// upper indexes the paths decided by the layers read so far.
 	upper map[string]shadow
 	// waiting are placeholders of upper layers, by target path: the next
@@ -201,6 +243,7 @@ func (f *flattener) readLayer(ctx context.Context, idx int, l flattenLayer) (err
 		marks:        make(map[string]mark),
 		entries:      make(map[string]*layerEntry),
 		placeholders: make(map[string]*inode),
+		heldAt:       make(map[string]int),
 	}
 	defer func() {
 		if cerr := rc.Close(); cerr != nil && err == nil {
@@ -232,12 +275,31 @@ func (f *flattener) readLayer(ctx context.Context, idx int, l flattenLayer) (err
 	if _, err := io.Copy(io.Discard, rc); err != nil {
 		return fmt.Errorf("layer %d: reading past end of archive: %w", idx, err)
 	}
-	f.commit(ls)
-	return nil
+	return f.commit(ls)
 }
 
-// commit makes a fully read layer shadow the layers below it.
-func (f *flattener) commit(ls *layerState) {
+// commit writes what the layer held back and makes it shadow the layers
+// below it.
+func (f *flattener) commit(ls *layerState) error {
+	var dirTargets []string
+	for name, e := range ls.entries {
+		if e.ino == nil && len(e.attached) > 0 {
+			dirTargets = append(dirTargets, name)
+		}
+	}
+	if len(dirTargets) > 0 {
+		slices.Sort(dirTargets)
+		name := dirTargets[0]
+		return fmt.Errorf("layer %d: entry %q: target of hardlink %q is a directory", ls.idx, name, ls.entries[name].attached[0])
+	}
+	for _, h := range ls.held {
+		if h == nil {
+			continue
+		}
+		if err := f.write(h, nil); err != nil {
+			return fmt.Errorf("layer %d: %w", ls.idx, err)
+		}
+	}
 	for p, m := range ls.marks {
 		f.upper[p] |= m.shadow()
 	}
@@ -253,6 +315,7 @@ func (f *flattener) commit(ls *layerState) {
 			f.waiting[target] = ph
 		}
 	}
+	return nil
 }
 
 // checkResolved fails if a visible hardlink never found its target.
@@ -272,7 +335,9 @@ func (f *flattener) checkResolved() error {
 func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error {
 	switch hdr.Typeflag {
 	case tar.TypeXGlobalHeader:
-		return nil // archive-wide PAX defaults, already applied by the reader
+		// Archive-wide PAX records: Go's reader (and so umoci) does not
+		// apply them to the entries, so neither does flatten.
+		return nil
 	case tar.TypeGNUSparse:
 		hdr.Typeflag = tar.TypeReg // the reader expands the holes
 	case tar.TypeReg, tar.TypeLink, tar.TypeSymlink, tar.TypeChar, tar.TypeBlock, tar.TypeDir, tar.TypeFifo:
@@ -304,7 +369,13 @@ func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error
 		}
 	}
 
-	buried := f.buried(name)
+	// AUFS keeps hardlinked files' data under /.wh..wh.plnk. Such entries
+	// are never written, but may be hardlink targets within their layer.
+	aufsMeta := strings.HasPrefix(name, whiteoutMeta)
+	if aufsMeta && isDir {
+		return nil
+	}
+	buried := aufsMeta || f.buried(name)
 	sh := f.upper[name]
 	visible := !buried && sh&hideSelf == 0 && (isDir || sh&hideNonDir == 0)
 	if !buried {
@@ -332,9 +403,10 @@ func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error
 	case isDir:
 	case linkTarget != "":
 		if t, ok := ls.entries[linkTarget]; ok {
+			if t.ino == nil {
+				return fmt.Errorf("hardlink to directory %q", linkTarget)
+			}
 			ino = t.ino
-		} else if ls.marks[linkTarget]&markDir != 0 {
-			return fmt.Errorf("hardlink to directory %q", linkTarget)
 		} else if ino = ls.placeholders[linkTarget]; ino == nil {
 			ino = &inode{layer: ls.idx, name: hdr.Name, target: linkTarget}
 			ls.placeholders[linkTarget] = ino
@@ -346,29 +418,41 @@ func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error
 	// Hardlinks of upper layers waiting for this path resolve here, whether
 	// or not this entry is visible: they link to whatever this path held.
 	var attached []string
-	if prev, ok := ls.entries[name]; ok {
+	if prev, ok := ls.entries[name]; ok && ino != nil && ino == prev.ino {
+		return nil // a duplicate that links to its own inode again changes nothing
+	} else if ok {
 		// Duplicate name in one layer: the later entry wins, so it takes
-		// over the upper links that resolved at the earlier one.
-		prev.ino.release(append(slices.Clone(prev.attached), name))
+		// over the upper links that resolved at the earlier one. The name
+		// itself was written for the earlier entry only if visible, and
+		// then no upper layer has an entry of that name: a hidden name can
+		// collide with an upper-layer hardlink's.
+		released := slices.Clone(prev.attached)
+		if visible {
+			released = append(released, name)
+		}
+		for _, r := range released {
+			ls.unhold(r)
+		}
+		if prev.ino != nil {
+			ls.release(prev.ino, released)
+		}
 		attached = prev.attached
-		delete(ls.entries, name)
 	}
 	if ph, ok := f.waiting[name]; ok {
 		delete(f.waiting, name)
 		attached = append(attached, ph.members...)
 	}
+	ls.entries[name] = &layerEntry{ino: ino, attached: attached}
 
 	if isDir {
-		if len(attached) > 0 {
-			return fmt.Errorf("target of hardlink %q is a directory", attached[0])
-		}
+		// Hardlinks to a directory fail at the end of the layer unless a
+		// later duplicate of this name takes them over.
 		if !visible {
 			return nil
 		}
 		return f.write(outHeader(hdr, name), nil)
 	}
 
-	ls.entries[name] = &layerEntry{ino: ino, attached: attached}
 	members := attached
 	if visible {
 		// This name first, so a visible content entry is written as itself.
@@ -386,7 +470,7 @@ func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error
 		return err
 	}
 	if content != nil && ino.out == "" && hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
-		if err := ls.spoolContent(ino, tr, hdr.Size, f.spoolDir); err != nil {
+		if err := ls.spoolContent(ino, tr, hdr.Size, f.spoolDir, f.buf); err != nil {
 			return err
 		}
 	}
@@ -409,9 +493,18 @@ func (f *flattener) whiteout(ls *layerState, dir, base string) error {
 		}
 		target, m = path.Join(dir, n), markWhiteout
 	}
-	if !f.buried(target) {
-		ls.marks[target] |= m
+	if f.buried(target) {
+		return nil
 	}
+	if m == markWhiteout && ls.marks[target]&markParent != 0 {
+		// The layer already put entries under target, and whiteouts never
+		// remove what their own layer adds: like umoci, keep the lower
+		// directory itself and hide only its lower contents. A whiteout
+		// that comes first removes the lower directory, and the layer's
+		// entries then recreate it.
+		m = markOpaque
+	}
+	ls.marks[target] |= m
 	return nil
 }
 
@@ -464,12 +557,17 @@ func (f *flattener) emit(ls *layerState, ino *inode, names []string, content io.
 				}
 				content = nil
 			}
-			if err := f.write(h, data); err != nil {
+			if ino.held() {
+				ls.hold(h)
+			} else if err := f.write(h, data); err != nil {
 				return err
 			}
 			ino.out = n
 		case n != ino.out:
-			if err := f.write(linkHeader(ino.hdr, n, ino.out), nil); err != nil {
+			h := linkHeader(ino.hdr, n, ino.out)
+			if ino.held() {
+				ls.hold(h)
+			} else if err := f.write(h, nil); err != nil {
 				return err
 			}
 			ino.extra = append(ino.extra, n)
@@ -485,16 +583,16 @@ func (f *flattener) write(h *tar.Header, data io.Reader) error {
 	if data == nil {
 		return nil
 	}
-	if _, err := io.CopyN(f.tw, data, h.Size); err != nil {
+	if err := copyN(f.tw, data, h.Size, f.buf); err != nil {
 		return fmt.Errorf("writing %q: %w", h.Name, err)
 	}
 	return nil
 }
 
 // spoolContent copies a shadowed file's data to the layer's spool file, so a
-// later hardlink in the same layer can still be written with it.
-// One append-only file per layer keeps this to one create and one remove.
-func (ls *layerState) spoolContent(ino *inode, r io.Reader, size int64, dir string) error {
+// later hardlink in the same layer can still be written with it. One
+// append-only file per layer keeps this to one create and one remove.
+func (ls *layerState) spoolContent(ino *inode, r io.Reader, size int64, dir string, buf []byte) error {
 	if ls.spool == nil {
 		sf, err := os.CreateTemp(dir, ".flatten-spool-*")
 		if err != nil {
@@ -504,7 +602,7 @@ func (ls *layerState) spoolContent(ino *inode, r io.Reader, size int64, dir stri
 	}
 	// Writes append at the file offset; emit reads with ReadAt, which does
 	// not move it.
-	if _, err := io.CopyN(ls.spool, r, size); err != nil {
+	if err := copyN(ls.spool, r, size, buf); err != nil {
 		return fmt.Errorf("spooling: %w", err)
 	}
 	ino.spoolOff, ino.spooled = ls.spoolEnd, true
@@ -526,6 +624,16 @@ func (ls *layerState) removeSpool() error {
 		return fmt.Errorf("closing spool file: %w", cerr)
 	}
 	return nil
+}
+
+// copyN copies exactly n bytes from src to dst through buf. Hiding dst's
+// ReadFrom (an *os.File has one) keeps io.CopyBuffer on buf.
+func copyN(dst io.Writer, src io.Reader, n int64, buf []byte) error {
+	written, err := io.CopyBuffer(struct{ io.Writer }{dst}, io.LimitReader(src, n), buf)
+	if err == nil && written < n {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // cleanName turns an archive name into a clean relative path, "." for the
