@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -401,61 +403,32 @@ func rmCommand() *cli.Command {
 	}
 }
 
-type tallyJSON struct {
-	Bytes    int64  `json:"bytes"`
-	Blobs    int    `json:"blobs"`
-	CacheDir string `json:"cache_dir"`
+type duJSON struct {
+	Bytes         int64            `json:"bytes"`
+	Blobs         int              `json:"blobs"`
+	CacheDir      string           `json:"cache_dir"`
+	OldestUse     *time.Time       `json:"oldest_use"`
+	NewestUse     *time.Time       `json:"newest_use"`
+	LeftoverBytes int64            `json:"leftover_bytes"`
+	BlobList      []cache.BlobInfo `json:"blob_list,omitempty"`
 }
 
 func duCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "du",
-		Usage:     "measure the blob cache without changing it",
-		UsageText: "banger image cache du [--json]\n\nExample:\n   banger image cache du\n   banger image cache du --json",
-		Flags:     withFlags(pathFlags(), lockFlags(), []cli.Flag{jsonFlag}),
-		Action: func(c *cli.Context) error {
-			if err := needArgs(c, 0, 0, "no arguments"); err != nil {
-				return err
-			}
-			l, err := resolveLayout(c)
-			if err != nil {
-				return err
-			}
-			t, err := openCache(c, l).Usage(c.Context)
-			if err != nil {
-				return err
-			}
-			if c.Bool("json") {
-				return printJSON(c.App.Writer, tallyJSON{Bytes: t.Bytes, Blobs: t.Blobs, CacheDir: l.CacheDir})
-			}
-			fmt.Fprintf(c.App.Writer, "%s in %d blob(s) in %s\n", humanize.IBytes(uint64(t.Bytes)), t.Blobs, l.CacheDir)
-			return nil
-		},
-	}
-}
+		Name:  "du",
+		Usage: "measure the blob cache without changing it",
+		UsageText: `banger image cache du [-v] [--json]
 
-type pruneJSON struct {
-	BytesFreed int64  `json:"bytes_freed"`
-	BlobsFreed int    `json:"blobs_freed"`
-	DryRun     bool   `json:"dry_run"`
-	CacheDir   string `json:"cache_dir"`
-}
-
-func pruneCommand() *cli.Command {
-	return &cli.Command{
-		Name:  "prune",
-		Usage: "empty the blob cache (flattened images are not affected)",
-		UsageText: `banger image cache prune [--dry-run] [--json]
-
-Renames the cache aside under an exclusive lock held for milliseconds,
-recreates it empty, then deletes the aside. Pulls already running keep the
-blobs they have open; pulls that start later see the empty cache.
+Reports the bytes and blobs in the cache, the oldest and newest last use
+(a pull writing or reading a blob counts as a use; recorded at most hourly),
+and the bytes of temp files and prune leftovers. -v lists each blob, most
+recently used first.
 
 Example:
-   banger image cache prune --dry-run
-   banger image cache prune --no-wait`,
+   banger image cache du
+   banger image cache du -v --json | jq '.blob_list[0]'`,
 		Flags: withFlags(pathFlags(), lockFlags(), []cli.Flag{
-			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "only report what would be freed"},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "list each blob with its size and last use"},
 			jsonFlag,
 		}),
 		Action: func(c *cli.Context) error {
@@ -466,14 +439,127 @@ Example:
 			if err != nil {
 				return err
 			}
-			dryRun := c.Bool("dry-run")
-			t, err := openCache(c, l).Prune(c.Context, dryRun)
-			if t.Bytes == 0 && t.Blobs == 0 && err != nil {
+			inv, err := openCache(c, l).Inventory(c.Context)
+			if err != nil {
 				return err
 			}
-			// What was deleted is reported even when some deletion failed.
+			out := duJSON{CacheDir: l.CacheDir, LeftoverBytes: inv.Leftover.Bytes}
+			for _, b := range inv.Blobs {
+				out.Bytes += b.Size
+				out.Blobs++
+			}
+			if n := len(inv.Blobs); n > 0 {
+				newest, oldest := inv.Blobs[0].LastUse.UTC(), inv.Blobs[n-1].LastUse.UTC()
+				out.NewestUse, out.OldestUse = &newest, &oldest
+			}
+			if c.Bool("verbose") {
+				out.BlobList = inv.Blobs
+				if out.BlobList == nil {
+					out.BlobList = []cache.BlobInfo{}
+				}
+			}
 			if c.Bool("json") {
-				if jerr := printJSON(c.App.Writer, pruneJSON{BytesFreed: t.Bytes, BlobsFreed: t.Blobs, DryRun: dryRun, CacheDir: l.CacheDir}); jerr != nil {
+				return printJSON(c.App.Writer, out)
+			}
+			w := c.App.Writer
+			fmt.Fprintf(w, "%s in %d blob(s) in %s", humanize.IBytes(uint64(out.Bytes)), out.Blobs, l.CacheDir)
+			if out.Blobs > 0 {
+				fmt.Fprintf(w, "; last use: oldest %s, newest %s", humanize.Time(*out.OldestUse), humanize.Time(*out.NewestUse))
+			}
+			if out.LeftoverBytes > 0 {
+				fmt.Fprintf(w, "; plus %s of leftovers the next prune removes", humanize.IBytes(uint64(out.LeftoverBytes)))
+			}
+			fmt.Fprintln(w)
+			if c.Bool("verbose") {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "DIGEST\tSIZE\tLAST USE")
+				for _, b := range inv.Blobs {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", b.Digest, humanize.IBytes(uint64(b.Size)), b.LastUse.Local().Format(time.DateTime))
+				}
+				return tw.Flush()
+			}
+			return nil
+		},
+	}
+}
+
+type pruneJSON struct {
+	BytesFreed int64    `json:"bytes_freed"`
+	BlobsFreed int      `json:"blobs_freed"`
+	BytesKept  int64    `json:"bytes_kept"`
+	BlobsKept  int      `json:"blobs_kept"`
+	DryRun     bool     `json:"dry_run"`
+	CacheDir   string   `json:"cache_dir"`
+	DurationMS int64    `json:"duration_ms"`
+	Errors     []string `json:"errors"`
+}
+
+func pruneCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "prune",
+		Usage: "empty the blob cache, or evict blobs by age and size (flattened images are not affected)",
+		UsageText: `banger image cache prune [--dry-run] [--older-than DURATION] [--max-size SIZE] [--json]
+
+Without filters, renames the cache aside under an exclusive lock held for
+milliseconds, recreates it empty, then deletes the aside. Pulls already
+running keep the blobs they have open; pulls that start later see the empty
+cache.
+
+With --older-than and/or --max-size, removes only the blobs selected (a blob
+goes if either filter says so), least recently used first, re-checking each
+blob before removing it; blobs in use stay readable by the pulls using them.
+Abandoned temp files and leftovers of interrupted prunes always go.
+
+--dry-run plans exactly as the real run does and changes nothing.
+
+Example:
+   banger image cache prune --dry-run
+   banger image cache prune --older-than 7d --max-size 20GiB --no-wait`,
+		Flags: withFlags(pathFlags(), lockFlags(), []cli.Flag{
+			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "only report what would be freed"},
+			&cli.StringFlag{Name: "older-than", Usage: "remove blobs not used within `DURATION` (Go duration or days: 36h, 7d)"},
+			&cli.StringFlag{Name: "max-size", Usage: "remove least recently used blobs until the cache holds at most `SIZE` (20GiB, 500MB)"},
+			jsonFlag,
+		}),
+		Action: func(c *cli.Context) error {
+			if err := needArgs(c, 0, 0, "no arguments"); err != nil {
+				return err
+			}
+			policy, selective, err := parsePolicy(c.String("older-than"), c.String("max-size"))
+			if err != nil {
+				return err
+			}
+			l, err := resolveLayout(c)
+			if err != nil {
+				return err
+			}
+			dryRun := c.Bool("dry-run")
+			start := time.Now()
+			var rep cache.Report
+			if selective {
+				rep, err = openCache(c, l).Evict(c.Context, policy, dryRun)
+			} else {
+				rep.Freed, err = openCache(c, l).Prune(c.Context, dryRun)
+			}
+			if rep.Freed == (cache.Tally{}) && rep.Kept == (cache.Tally{}) && err != nil {
+				return err
+			}
+			// What was deleted is reported even when some deletion failed;
+			// the exit code still says it failed.
+			if c.Bool("json") {
+				out := pruneJSON{
+					BytesFreed: rep.Freed.Bytes, BlobsFreed: rep.Freed.Blobs,
+					BytesKept: rep.Kept.Bytes, BlobsKept: rep.Kept.Blobs,
+					DryRun: dryRun, CacheDir: l.CacheDir,
+					DurationMS: time.Since(start).Milliseconds(),
+					Errors:     []string{},
+				}
+				if err != nil {
+					for _, e := range unjoin(err) {
+						out.Errors = append(out.Errors, oneLine(e.Error()))
+					}
+				}
+				if jerr := printJSON(c.App.Writer, out); jerr != nil {
 					return jerr
 				}
 			} else {
@@ -481,11 +567,61 @@ Example:
 				if dryRun {
 					verb = "would free"
 				}
-				fmt.Fprintf(c.App.Writer, "%s %s across %d blob(s) in %s\n", verb, humanize.IBytes(uint64(t.Bytes)), t.Blobs, l.CacheDir)
+				fmt.Fprintf(c.App.Writer, "%s %s across %d blob(s) in %s", verb, humanize.IBytes(uint64(rep.Freed.Bytes)), rep.Freed.Blobs, l.CacheDir)
+				if rep.Kept.Blobs > 0 {
+					fmt.Fprintf(c.App.Writer, " (kept %s in %d blob(s))", humanize.IBytes(uint64(rep.Kept.Bytes)), rep.Kept.Blobs)
+				}
+				fmt.Fprintln(c.App.Writer)
 			}
 			return err
 		},
 	}
+}
+
+// unjoin splits an errors.Join error into its parts.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// parsePolicy reads --older-than and --max-size; selective is false when
+// neither is given, which means a full prune.
+func parsePolicy(olderThan, maxSize string) (p cache.Policy, selective bool, err error) {
+	p.MaxSize = -1
+	if olderThan != "" {
+		if p.OlderThan, err = parseAge(olderThan); err != nil {
+			return p, false, err
+		}
+		selective = true
+	}
+	if maxSize != "" {
+		n, err := humanize.ParseBytes(maxSize)
+		if err != nil || n > math.MaxInt64 {
+			return p, false, usageErr{fmt.Errorf("invalid --max-size %q: want a size such as 20GiB, 500MB or 0", maxSize)}
+		}
+		p.MaxSize = int64(n)
+		selective = true
+	}
+	return p, selective, nil
+}
+
+// parseAge accepts Go durations and whole or fractional days ("7d").
+func parseAge(s string) (time.Duration, error) {
+	var d time.Duration
+	var err error
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		var n float64
+		n, err = strconv.ParseFloat(days, 64)
+		d = time.Duration(n * float64(24*time.Hour))
+	} else {
+		d, err = time.ParseDuration(s)
+	}
+	if err != nil || d <= 0 {
+		return 0, usageErr{fmt.Errorf("invalid --older-than %q: want a positive duration such as 36h or 7d", s)}
+	}
+	return d, nil
 }
 
 // progressLine redraws one stderr line with the bytes pulled so far, at most

@@ -11,6 +11,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Blob describes a blob to fetch: its digest, its size, and where it comes
@@ -184,10 +186,32 @@ func (c *Cache) lookup(ctx context.Context, hexDigest string, b Blob) (*os.File,
 		c.warn("discarded corrupt cached blob sha256:%s (%v); fetching it again", hexDigest, bad)
 		return nil, nil
 	}
+	c.touch(ctx, name, info)
 	if b.Progress != nil {
 		b.Progress(info.Size())
 	}
 	return f, nil
+}
+
+// touchEvery bounds how often a hit records its use: like Go's build cache,
+// at most one metadata write per blob per hour, which is precise enough for
+// pruning by age and cheap on every pull.
+const touchEvery = time.Hour
+
+// touch records a use of the blob as its mtime, which selective prune reads
+// as the last use (a fresh write counts as a use). Failing to record it (a
+// read-only cache, another user's blob) costs nothing but precision.
+func (c *Cache) touch(ctx context.Context, name string, info fs.FileInfo) {
+	now := c.now()
+	if now.Sub(info.ModTime()) < touchEvery {
+		return
+	}
+	c.withDir(ctx, func(r *os.Root) error {
+		if current, err := r.Lstat(name); err == nil && os.SameFile(current, info) {
+			r.Chtimes(name, now, now)
+		}
+		return nil
+	})
 }
 
 // verifyFile checks that f is the regular file entry describes, holding the
@@ -267,6 +291,12 @@ func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.F
 		reader, err = r.Open(tmpName)
 		if err == nil {
 			opened, err = reader.Stat()
+		}
+		if err == nil {
+			// The flock lives as long as the writer: a selective prune
+			// that can take it knows the temp file was abandoned (its
+			// writer died), and never removes one still being written.
+			err = unix.Flock(int(reader.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 		}
 		if err != nil {
 			tmp.Close()

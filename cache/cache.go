@@ -89,6 +89,9 @@ type Cache struct {
 	// can shorten them instead of sleeping.
 	backoff     time.Duration
 	noticeAfter time.Duration
+	// now is the clock for last-use times; tests move it instead of
+	// sleeping.
+	now func() time.Time
 }
 
 // New returns the cache kept in dir, locked through lockPath. It touches no
@@ -100,6 +103,7 @@ func New(dir, lockPath string, opts Options) *Cache {
 		opts:        opts,
 		backoff:     backoff,
 		noticeAfter: noticeAfter,
+		now:         time.Now,
 	}
 }
 
