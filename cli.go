@@ -87,17 +87,19 @@ coordinates with other runs through an advisory lock file.
 Example:
    banger image pull alpine:3.20
    banger image cache prune`,
-		Version:              "dev",
+		Version:              version(),
 		Writer:               stdout,
 		ErrWriter:            stderr,
 		HideHelpCommand:      true,
-		EnableBashCompletion: false,
+		EnableBashCompletion: true,
 		// Errors are printed and mapped to exit codes by run, in one place.
 		ExitErrHandler:        func(*cli.Context, error) {},
 		CustomAppHelpTemplate: cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
 		Flags:                 pathFlags(),
 		Commands: []*cli.Command{
 			envCommand(),
+			completionCommand(),
+			manCommand(),
 			{
 				Name:  "image",
 				Usage: "pull, list, inspect and remove images; manage the blob cache",
@@ -126,11 +128,12 @@ func onUsageError(c *cli.Context, err error, _ bool) error {
 }
 
 // setUsageErrors makes every command report flag mistakes as usage errors
-// (exit 2) and reject unknown subcommands instead of printing help and
-// exiting 0.
+// (exit 2), reject unknown subcommands instead of printing help and exiting
+// 0, and list the exit codes in its --help.
 func setUsageErrors(cmds []*cli.Command) {
 	for _, cmd := range cmds {
 		cmd.OnUsageError = onUsageError
+		cmd.CustomHelpTemplate = cli.CommandHelpTemplate + "\n" + exitCodesHelp + "\n"
 		if len(cmd.Subcommands) > 0 {
 			cmd.Action = func(c *cli.Context) error {
 				if c.Args().Present() {
