@@ -54,8 +54,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
+	code := exitCode(ctx, err)
+	if code == exitInterrupted {
+		fmt.Fprintln(stderr, "banger: interrupted; nothing half-done was kept")
+		return code
+	}
 	fmt.Fprintf(stderr, "banger: %s\n", oneLine(err.Error()))
-	return exitCode(ctx, err)
+	return code
 }
 
 func exitCode(ctx context.Context, err error) int {

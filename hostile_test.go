@@ -191,6 +191,29 @@ func TestHostileInput(t *testing.T) {
 		})
 	}
 
+	t.Run("interrupted pull exits 130 and leaves nothing", func(t *testing.T) {
+		reg.fault.Store("slow")
+		defer reg.fault.Store("")
+		var stderr bytes.Buffer
+		cmd := e.cmd("image", "pull", "--name", "interrupted", reg.host+"/app:2")
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+		if got := cmd.ProcessState.ExitCode(); got != 130 {
+			t.Errorf("interrupted pull exited %d, want 130; stderr: %s", got, stderr.String())
+		}
+		if stderr.String() != "banger: interrupted; nothing half-done was kept\n" {
+			t.Errorf("stderr = %q", stderr.String())
+		}
+		if after := snapshot(t, e.data); after != beforeImages {
+			t.Errorf("image store changed:\nbefore: %s\nafter:  %s", beforeImages, after)
+		}
+	})
+
 	t.Run("absolute paths are stripped and symlinks kept", func(t *testing.T) {
 		e2 := newBangerEnv(t, reg.host)
 		e2.run("image", "pull", "-q", reg.host+"/absolute:1")

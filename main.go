@@ -10,8 +10,13 @@ import (
 )
 
 func main() {
+	os.Exit(runMain())
+}
+
+// runMain runs banger as a process: Ctrl-C and SIGTERM cancel the work in
+// progress, which cleans up and exits 130.
+func runMain() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args, os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
+	defer stop()
+	return run(ctx, os.Args, os.Stdout, os.Stderr)
 }

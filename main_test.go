@@ -1,7 +1,7 @@
 package main
 
 import (
-	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -28,9 +28,7 @@ var updateTestdata = flag.Bool("update-testdata", false, "rewrite testdata/hello
 
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
-		"banger": func() {
-			os.Exit(run(context.Background(), os.Args, os.Stdout, os.Stderr))
-		},
+		"banger": func() { os.Exit(runMain()) },
 	})
 }
 
@@ -132,6 +130,7 @@ func scriptParams(t *testing.T, dir, registryHost string) testscript.Params {
 		},
 		Cmds: map[string]func(*testscript.TestScript, bool, []string){
 			"exitcode": cmdExitCode,
+			"jsonok":   cmdJSONOK,
 		},
 		Condition: func(cond string) (bool, error) {
 			if cond == "root" {
@@ -208,5 +207,18 @@ func TestTestdataUpToDate(t *testing.T) {
 	}
 	if got, want := im.Manifests[0].Digest.String(), mustDigest(testImages()["app:2"]); got != want {
 		t.Errorf("testdata/hello holds %s, want %s; regenerate with go test -run TestTestdataUpToDate -update-testdata", got, want)
+	}
+}
+
+// cmdJSONOK checks that the last command's stdout is exactly one JSON
+// document.
+func cmdJSONOK(ts *testscript.TestScript, neg bool, args []string) {
+	dec := json.NewDecoder(strings.NewReader(ts.ReadFile("stdout")))
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		ts.Fatalf("stdout is not JSON: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		ts.Fatalf("stdout holds more than one JSON document")
 	}
 }
