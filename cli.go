@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"os"
 	"runtime"
@@ -59,7 +60,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "banger: interrupted; nothing half-done was kept")
 		return code
 	}
-	fmt.Fprintf(stderr, "banger: %s\n", oneLine(err.Error()))
+	msg := oneLine(err.Error())
+	if errors.Is(err, fs.ErrPermission) {
+		msg += "; it belongs to another user: run banger as its owner (root for /var/cache/banger and /var/lib/banger), or choose your own with --cache-dir/--data-dir"
+	}
+	fmt.Fprintf(stderr, "banger: %s\n", msg)
 	return code
 }
 

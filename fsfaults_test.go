@@ -123,3 +123,37 @@ func TestPermissions(t *testing.T) {
 		t.Errorf("lock file: %v", err)
 	}
 }
+
+// TestProgressOnTerminal: a pull shows progress on stderr when it is a
+// terminal (here a pty from script(1)), and not with --quiet or when stderr
+// is not a terminal.
+func TestProgressOnTerminal(t *testing.T) {
+	scriptBin, err := exec.LookPath("script")
+	if err != nil {
+		t.Skip("script(1) not installed; cannot give banger a terminal")
+	}
+	e := newBangerEnv(t, "")
+	layout, _ := filepath.Abs(filepath.Join("testdata", "hello"))
+	tests := []struct {
+		name         string
+		command      string
+		wantProgress bool
+	}{
+		{"terminal", e.bin + " image pull --name a oci:" + layout + ":1.0", true},
+		{"quiet", e.bin + " image pull --quiet --name b oci:" + layout + ":1.0", false},
+		{"stderr not a terminal", e.bin + " image pull --name c oci:" + layout + ":1.0 2>/dev/null", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := exec.Command(scriptBin, "-qfec", tt.command, "/dev/null")
+			cmd.Env = append(os.Environ(), "BANGER_CACHE_DIR="+e.cache, "BANGER_DATA_DIR="+e.data)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("%s: %v: %s", tt.command, err, out)
+			}
+			if got := strings.Contains(string(out), "pulling oci:"); got != tt.wantProgress {
+				t.Errorf("progress shown = %v, want %v; terminal output: %q", got, tt.wantProgress, out)
+			}
+		})
+	}
+}
