@@ -340,7 +340,7 @@ func TestCreateConcurrent(t *testing.T) {
 			}
 			close(start)
 			wg.Wait()
-			if got, want := names(t, c.parent()), []string{"oci", "oci.lock"}; !slices.Equal(got, want) {
+			if got, want := names(t, c.parent()), []string{"oci", "oci.lock", "oci.lock.gate"}; !slices.Equal(got, want) {
 				t.Errorf("cache root holds %q, want %q", got, want)
 			}
 			if got := len(names(t, filepath.Join(c.dir, blobsSubdir))); got != tt.pulls {

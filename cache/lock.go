@@ -2,7 +2,9 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -27,33 +29,79 @@ const (
 // lock takes the cache lock, shared or exclusive, honouring the wait policy
 // in c.opts. It returns the function that releases it.
 //
-// Each call opens its own file description, so goroutines of one process
+// flock(2) has no writer preference: a steady stream of overlapping shared
+// holders would keep an exclusive taker out for ever. So every taker first
+// passes through a gate, a second lock file beside the lock: a shared taker
+// holds the gate only while it takes its shared lock, and an exclusive taker
+// holds it from before it waits until it releases. Once prune is waiting,
+// new pulls queue at the gate and prune gets in after the pulls already
+// inside, which hold the lock only for short namespace operations.
+//
+// Each call opens its own file descriptions, so goroutines of one process
 // can hold shared locks independently. A lock held by a process that died is
 // released by the kernel with its file descriptors: there are no stale locks.
 func (c *Cache) lock(ctx context.Context, exclusive bool) (unlock func(), err error) {
 	if err := os.MkdirAll(filepath.Dir(c.lockPath), dirPerm); err != nil {
 		return nil, fmt.Errorf("creating lock directory: %w", err)
 	}
+	w := &waiter{c: c, start: time.Now()}
+	gate, err := w.acquire(ctx, c.lockPath+gateSuffix, true)
+	if err != nil && !(errors.Is(err, fs.ErrPermission) && !exclusive) {
+		return nil, err
+	}
+	// A reader of a system cache who may not create the gate file still
+	// measures it; it just does not queue behind a waiting prune.
+	main, err := w.acquire(ctx, c.lockPath, exclusive)
+	if err != nil {
+		if gate != nil {
+			gate.Close()
+		}
+		return nil, err
+	}
+	if !exclusive && gate != nil {
+		gate.Close()
+		gate = nil
+	}
+	return func() {
+		main.Close()
+		if gate != nil {
+			gate.Close()
+		}
+	}, nil
+}
+
+// gateSuffix names the gate file beside the lock file.
+const gateSuffix = ".gate"
+
+// waiter shares one wait budget and one notice between the locks of one
+// lock call.
+type waiter struct {
+	c       *Cache
+	start   time.Time
+	noticed bool
+}
+
+// acquire polls for one flock, since flock(2) cannot wait with a deadline.
+func (w *waiter) acquire(ctx context.Context, path string, exclusive bool) (*flock.Flock, error) {
+	c := w.c
 	// 0644 (less umask) so that unprivileged users can take the shared
 	// lock on a system cache to measure it.
-	fl := flock.New(c.lockPath, flock.SetPermissions(filePerm))
+	fl := flock.New(path, flock.SetPermissions(filePerm))
 	try := fl.TryRLock
 	if exclusive {
 		try = fl.TryLock
 	}
-	start := time.Now()
-	noticed := false
 	delay := pollMin
 	for {
 		ok, err := try()
 		if err != nil {
 			fl.Close()
-			return nil, fmt.Errorf("locking %s: %w", c.lockPath, err)
+			return nil, fmt.Errorf("locking %s: %w", path, err)
 		}
 		if ok {
-			return func() { fl.Unlock() }, nil
+			return fl, nil
 		}
-		waited := time.Since(start)
+		waited := time.Since(w.start)
 		if c.opts.NoWait || (c.opts.Wait > 0 && waited >= c.opts.Wait) {
 			fl.Close()
 			if c.opts.NoWait {
@@ -61,8 +109,8 @@ func (c *Cache) lock(ctx context.Context, exclusive bool) (unlock func(), err er
 			}
 			return nil, fmt.Errorf("%w: %s is held by another banger process (waited %s); retry later or raise --wait", ErrLockBusy, c.lockPath, waited.Round(time.Millisecond))
 		}
-		if !noticed && waited >= c.noticeAfter && c.opts.Notice != nil {
-			noticed = true
+		if !w.noticed && waited >= c.noticeAfter && c.opts.Notice != nil {
+			w.noticed = true
 			c.opts.Notice(fmt.Sprintf("waiting for lock %s held by another banger process", c.lockPath))
 		}
 		select {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -164,7 +165,8 @@ func TestLockNotice(t *testing.T) {
 
 // TestSharedLockBlocksPruneRename holds a shared lock, as a pull between
 // namespace operations would not, and checks that prune waits for it
-// before renaming anything.
+// before renaming anything, and that a pull arriving while prune waits
+// queues behind it instead of starving it.
 func TestSharedLockBlocksPruneRename(t *testing.T) {
 	tests := []struct {
 		name string
@@ -177,7 +179,8 @@ func TestSharedLockBlocksPruneRename(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			waiting := make(chan struct{})
-			c := newTestCache(t, Options{Notice: func(string) { close(waiting) }})
+			var once sync.Once
+			c := newTestCache(t, Options{Notice: func(string) { once.Do(func() { close(waiting) }) }})
 			c.noticeAfter = 10 * time.Millisecond
 			var want Tally
 			for i := range tt.blobs {
@@ -205,16 +208,30 @@ func TestSharedLockBlocksPruneRename(t *testing.T) {
 				t.Errorf("%d blobs while prune waits, want %d", got, tt.blobs)
 			}
 			checkNoLeftovers(t, c)
-			f, err := c.Fetch(t.Context(), blobOf(content(0, 10), nil))
-			if err != nil {
-				t.Fatalf("Fetch while prune waits: %v", err)
+			fetched := make(chan error, 1)
+			go func() {
+				f, err := c.Fetch(t.Context(), blobOf(content(0, 10), nil))
+				if err == nil {
+					f.Close()
+				}
+				fetched <- err
+			}()
+			select {
+			case err := <-fetched:
+				t.Fatalf("Fetch finished (%v) while prune waits, want it queued behind prune", err)
+			case <-time.After(50 * time.Millisecond):
 			}
-			f.Close()
 			release()
+			if err := <-fetched; err != nil {
+				t.Errorf("Fetch after prune: %v", err)
+			}
 			if r := <-done; r.err != nil || r.tally != want {
 				t.Errorf("Prune() = %+v, %v; want %+v", r.tally, r.err, want)
 			}
-			checkEmptyCache(t, c)
+			// The queued Fetch ran after the prune, into the fresh cache.
+			if got := names(t, c.dir+"/"+blobsSubdir); len(got) != 1 {
+				t.Errorf("blobs/sha256 holds %q after prune and one queued Fetch, want one blob", got)
+			}
 		})
 	}
 }

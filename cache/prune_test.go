@@ -119,14 +119,14 @@ func TestPrune(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newTestCache(t, Options{})
 			want := tt.setup(t, c)
-			before := snapshot(t, c.parent(), "oci.lock")
+			before := snapshot(t, c.parent(), "oci.lock", "oci.lock.gate")
 
 			// A dry run measures and changes nothing.
 			got, err := c.Prune(t.Context(), true)
 			if err != nil || got != want {
 				t.Errorf("Prune(dry run) = %+v, %v; want %+v", got, err, want)
 			}
-			checkSame(t, "after dry run", before, snapshot(t, c.parent(), "oci.lock"))
+			checkSame(t, "after dry run", before, snapshot(t, c.parent(), "oci.lock", "oci.lock.gate"))
 			if got, err := c.Usage(t.Context()); err != nil || got != want {
 				t.Errorf("Usage() = %+v, %v; want %+v", got, err, want)
 			}
@@ -265,7 +265,7 @@ func TestPruneRefuses(t *testing.T) {
 				tt.setup(t, c, elsewhere)
 				// A leftover aside must survive a refused prune too.
 				writeFile(t, filepath.Join(aside(c, asidePrefix), "file"), []byte("x"))
-				before, beforeElsewhere := snapshot(t, c.parent(), "oci.lock"), snapshot(t, elsewhere)
+				before, beforeElsewhere := snapshot(t, c.parent(), "oci.lock", "oci.lock.gate"), snapshot(t, elsewhere)
 
 				err := op.run(t, c)
 				if err == nil {
@@ -277,7 +277,7 @@ func TestPruneRefuses(t *testing.T) {
 				if !strings.Contains(err.Error(), c.dir) || !strings.Contains(err.Error(), tt.wantMsg) {
 					t.Errorf("%s error = %q, want it to name %s and say %q", op.name, err, c.dir, tt.wantMsg)
 				}
-				checkSame(t, "cache root", before, snapshot(t, c.parent(), "oci.lock"))
+				checkSame(t, "cache root", before, snapshot(t, c.parent(), "oci.lock", "oci.lock.gate"))
 				checkSame(t, "elsewhere", beforeElsewhere, snapshot(t, elsewhere))
 			})
 		}
