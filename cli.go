@@ -219,6 +219,21 @@ func needArgs(c *cli.Context, min, max int, what string) error {
 	return nil
 }
 
+// withLayout wraps a command's body: it checks the number of arguments
+// and resolves the layout, which every command needs first.
+func withLayout(min, max int, what string, body func(c *cli.Context, l layout.Layout) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		if err := needArgs(c, min, max, what); err != nil {
+			return err
+		}
+		l, err := resolveLayout(c)
+		if err != nil {
+			return err
+		}
+		return body(c, l)
+	}
+}
+
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -231,14 +246,7 @@ func envCommand() *cli.Command {
 		Usage:     "print the resolved paths, like `go env`",
 		UsageText: "banger env [--json]\n\nExample:\n   banger env\n   BANGER_CACHE_DIR=/tmp/c banger env --json",
 		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag}),
-		Action: func(c *cli.Context) error {
-			if err := needArgs(c, 0, 0, "no arguments"); err != nil {
-				return err
-			}
-			l, err := resolveLayout(c)
-			if err != nil {
-				return err
-			}
+		Action: withLayout(0, 0, "no arguments", func(c *cli.Context, l layout.Layout) error {
 			if c.Bool("json") {
 				return printJSON(c.App.Writer, l)
 			}
@@ -254,7 +262,7 @@ func envCommand() *cli.Command {
 				fmt.Fprintf(c.App.Writer, "%s='%s'\n", kv[0], strings.ReplaceAll(kv[1], "'", `'\''`))
 			}
 			return nil
-		},
+		}),
 	}
 }
 
@@ -333,14 +341,7 @@ func lsCommand() *cli.Command {
 		Usage:     "list flattened images",
 		UsageText: "banger image ls [--json]\n\nExample:\n   banger image ls\n   banger image ls --json | jq -r '.[].name'",
 		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag}),
-		Action: func(c *cli.Context) error {
-			if err := needArgs(c, 0, 0, "no arguments"); err != nil {
-				return err
-			}
-			l, err := resolveLayout(c)
-			if err != nil {
-				return err
-			}
+		Action: withLayout(0, 0, "no arguments", func(c *cli.Context, l layout.Layout) error {
 			images, err := image.NewStore(l.ImagesDir).List(c.Context)
 			if err != nil {
 				return err
@@ -357,7 +358,7 @@ func lsCommand() *cli.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Name, img.ID, img.Platform, humanize.IBytes(uint64(img.Size)), img.PulledAt.Local().Format(time.DateTime))
 			}
 			return tw.Flush()
-		},
+		}),
 	}
 }
 
@@ -367,20 +368,13 @@ func inspectCommand() *cli.Command {
 		Usage:     "print an image's metadata as JSON, including the absolute rootfs path",
 		UsageText: "banger image inspect NAME|ID\n\nExample:\n   banger image inspect alpine:3.20\n   tar -tf \"$(banger image inspect alpine:3.20 | jq -r .rootfs)\"",
 		Flags:     pathFlags(),
-		Action: func(c *cli.Context) error {
-			if err := needArgs(c, 1, 1, "exactly one image NAME or ID"); err != nil {
-				return err
-			}
-			l, err := resolveLayout(c)
-			if err != nil {
-				return err
-			}
+		Action: withLayout(1, 1, "exactly one image NAME or ID", func(c *cli.Context, l layout.Layout) error {
 			img, err := image.NewStore(l.ImagesDir).Get(c.Context, c.Args().First())
 			if err != nil {
 				return err
 			}
 			return printJSON(c.App.Writer, img)
-		},
+		}),
 	}
 }
 
@@ -390,14 +384,7 @@ func rmCommand() *cli.Command {
 		Usage:     "remove images from the image store",
 		UsageText: "banger image rm [--json] NAME|ID...\n\nExample:\n   banger image rm alpine:3.20",
 		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag}),
-		Action: func(c *cli.Context) error {
-			if err := needArgs(c, 1, -1, "at least one image NAME or ID"); err != nil {
-				return err
-			}
-			l, err := resolveLayout(c)
-			if err != nil {
-				return err
-			}
+		Action: withLayout(1, -1, "at least one image NAME or ID", func(c *cli.Context, l layout.Layout) error {
 			removed, err := image.NewStore(l.ImagesDir).Remove(c.Context, c.Args().Slice()...)
 			if c.Bool("json") {
 				if removed == nil {
@@ -412,7 +399,7 @@ func rmCommand() *cli.Command {
 				}
 			}
 			return err
-		},
+		}),
 	}
 }
 
@@ -444,14 +431,7 @@ Example:
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "list each blob with its size and last use"},
 			jsonFlag,
 		}),
-		Action: func(c *cli.Context) error {
-			if err := needArgs(c, 0, 0, "no arguments"); err != nil {
-				return err
-			}
-			l, err := resolveLayout(c)
-			if err != nil {
-				return err
-			}
+		Action: withLayout(0, 0, "no arguments", func(c *cli.Context, l layout.Layout) error {
 			inv, err := openCache(c, l).Inventory(c.Context)
 			if err != nil {
 				return err
@@ -492,7 +472,7 @@ Example:
 				return tw.Flush()
 			}
 			return nil
-		},
+		}),
 	}
 }
 
