@@ -76,6 +76,11 @@ func Pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 			return Image{}, err
 		}
 	}
+	// ggcr's v1.Layer reads carry the context given to resolve, not the one
+	// handed to Blob.Open: cancelling this one is what stops the other
+	// downloads when one layer fails.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	src, err := resolve(ctx, ref, platform, opts)
 	if err != nil {
 		return Image{}, err
@@ -95,7 +100,7 @@ func Pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 	meta.image.Reference = ref
 	meta.image.PulledAt = opts.Now()
 
-	files, err := fetchLayers(ctx, c, src, meta, opts)
+	files, err := fetchLayers(ctx, cancel, c, src, meta, opts)
 	if err != nil {
 		return Image{}, err
 	}
@@ -132,6 +137,10 @@ func readMetadata(src *source, ref string) (*metadata, error) {
 			return nil, fmt.Errorf("pull %s: listing layers: %w", ref, err)
 		}
 		meta.layers = make([]v1.Descriptor, len(layers))
+		// Its config is named by its digest, which ggcr does not check.
+		if src.configDigest != (v1.Hash{}) && sha256Hex(rawConfig) != src.configDigest.Hex {
+			return nil, fmt.Errorf("pull %s: config content is sha256:%s, manifest.json says %s; the archive is corrupt", ref, sha256Hex(rawConfig), src.configDigest)
+		}
 	} else {
 		rawManifest, err := src.img.RawManifest()
 		if err != nil {
@@ -184,10 +193,10 @@ func readMetadata(src *source, ref string) (*metadata, error) {
 }
 
 // fetchLayers passes every layer blob through the cache, a bounded number at
-// a time, and returns the open, verified blob files in layer order.
-func fetchLayers(ctx context.Context, c *cache.Cache, src *source, meta *metadata, opts PullOptions) ([]*os.File, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+// a time, and returns the open, verified blob files in layer order. On the
+// first failure it calls cancel, which must end ctx and the context src
+// was resolved with, so that the other downloads stop.
+func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache, src *source, meta *metadata, opts PullOptions) ([]*os.File, error) {
 	layers, err := src.img.Layers()
 	if err != nil {
 		return nil, fmt.Errorf("pull %s: listing layers: %w", meta.image.Reference, err)
@@ -244,10 +253,13 @@ func fetchLayers(ctx context.Context, c *cache.Cache, src *source, meta *metadat
 				return
 			}
 			defer func() { <-sem }()
-			files[i], errs[i] = c.Fetch(ctx, b)
-			if errs[i] != nil {
+			f, err := c.Fetch(ctx, b)
+			if err != nil {
+				errs[i] = fmt.Errorf("layer %d: %w", i, err)
 				cancel() // one failed layer fails the pull: stop the others
+				return
 			}
+			files[i] = f
 		})
 	}
 	wg.Wait()

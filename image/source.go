@@ -47,6 +47,9 @@ type source struct {
 	// manifestDigest is the digest the source claims for the manifest,
 	// checked against the manifest's own hash; empty when it claims none.
 	manifestDigest v1.Hash
+	// configDigest is the digest a docker archive's manifest.json gives the
+	// config by its file name; empty when the name is not a digest.
+	configDigest v1.Hash
 }
 
 // resolve turns a reference into an image:
@@ -69,11 +72,20 @@ func resolve(ctx context.Context, ref string, platform v1.Platform, opts PullOpt
 
 // isTransportLike tells "docker://x" or "dir:/x" (a transport banger does not
 // know) from "localhost:5000/x" or "alpine:3.20" (a registry reference).
+// "docker-daemon:alpine:3.20" is a transport, but "alpine:3.20@sha256:…" (a
+// tag and a digest) is a valid reference with the same shape.
 func isTransportLike(prefix, rest string) bool {
 	if strings.ContainsAny(prefix, "./") {
 		return false // host name or repository path
 	}
-	return strings.HasPrefix(rest, "/") || strings.HasPrefix(rest, ".") || !strings.ContainsAny(rest, "/") && strings.Contains(rest, ":")
+	if strings.HasPrefix(rest, "/") || strings.HasPrefix(rest, ".") {
+		return true
+	}
+	if strings.ContainsAny(rest, "/") || !strings.Contains(rest, ":") {
+		return false
+	}
+	_, err := name.ParseReference(prefix + ":" + rest)
+	return err != nil
 }
 
 func resolveRegistry(ctx context.Context, ref string, platform v1.Platform, opts PullOptions) (*source, error) {
@@ -93,25 +105,33 @@ func resolveRegistry(ctx context.Context, ref string, platform v1.Platform, opts
 	if opts.Transport != nil {
 		remoteOpts = append(remoteOpts, remote.WithTransport(opts.Transport))
 	}
+	if opts.Jobs > 0 {
+		// ggcr bounds concurrent blob GETs itself (remote.WithJobs, 4 by
+		// default), beneath banger's own bound: without this, --jobs above
+		// 4 would silently fetch 4 layers at a time.
+		remoteOpts = append(remoteOpts, remote.WithJobs(opts.Jobs))
+	}
 	desc, err := remote.Get(r, remoteOpts...)
 	if err != nil {
 		return nil, registryError(r, err)
 	}
 	src := &source{name: normalizeName(r), kind: "registry"}
-	if d, ok := r.(name.Digest); ok {
-		src.manifestDigest, _ = v1.NewHash(d.DigestStr())
-	}
 	switch {
 	case desc.MediaType.IsIndex():
+		// A digest in ref names the index (remote.Get checked it); the
+		// image is then checked against the digest the index lists.
 		idx, err := desc.ImageIndex()
 		if err != nil {
 			return nil, registryError(r, err)
 		}
-		src.img, err = pickPlatform(idx, platform, ref)
+		src.img, src.manifestDigest, err = pickPlatform(idx, platform, ref)
 		if err != nil {
 			return nil, err
 		}
 	case desc.MediaType.IsImage():
+		if d, ok := r.(name.Digest); ok {
+			src.manifestDigest, _ = v1.NewHash(d.DigestStr())
+		}
 		src.img, err = desc.Image()
 		if err != nil {
 			return nil, registryError(r, err)
@@ -163,13 +183,14 @@ func NormalizeName(ref string) string {
 	return normalizeName(r)
 }
 
-// splitPathRef splits "PATH[:REF]" at the first colon after which the path
-// exists, since paths and references may both contain colons.
+// splitPathRef splits "PATH[:REF]" at the last colon before which the path
+// exists, since paths and references may both contain colons: the longest
+// existing path wins, as it does when all of s exists.
 func splitPathRef(s string) (path, ref string) {
 	if _, err := os.Stat(s); err == nil {
 		return s, ""
 	}
-	for i := 0; i < len(s); i++ {
+	for i := len(s) - 1; i > 0; i-- {
 		if s[i] != ':' {
 			continue
 		}
@@ -199,14 +220,22 @@ func resolveLayout(arg string, platform v1.Platform) (*source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading %s/index.json: %w", dir, err)
 	}
-	var match []v1.Descriptor
+	// An exact ref.name wins; "3.20" also finds "docker.io/library/alpine:3.20"
+	// when nothing is tagged "3.20" itself.
+	var match, suffixMatch []v1.Descriptor
 	var tags []string
 	for _, d := range im.Manifests {
 		refName := d.Annotations[refNameAnnotation]
 		tags = append(tags, refName)
-		if tag == "" || refName == tag || strings.HasSuffix(refName, ":"+tag) {
+		switch {
+		case tag == "" || refName == tag:
 			match = append(match, d)
+		case strings.HasSuffix(refName, ":"+tag):
+			suffixMatch = append(suffixMatch, d)
 		}
+	}
+	if len(match) == 0 {
+		match = suffixMatch
 	}
 	if len(match) != 1 {
 		what := fmt.Sprintf("no image tagged %q", tag)
@@ -224,7 +253,16 @@ func resolveLayout(arg string, platform v1.Platform) (*source, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading OCI layout %s: %w", dir, err)
 		}
-		src.img, err = pickPlatform(child, platform, "oci:"+arg)
+		// ggcr reads a layout's blobs unverified, and the image is then
+		// checked against the digest this index lists: check the index.
+		raw, err := child.RawManifest()
+		if err != nil {
+			return nil, fmt.Errorf("reading OCI layout %s: %w", dir, err)
+		}
+		if got := sha256Hex(raw); d.Digest.Algorithm != "sha256" || got != d.Digest.Hex {
+			return nil, fmt.Errorf("OCI layout %s: index content is sha256:%s, index.json says %s; the layout is corrupt", dir, got, d.Digest)
+		}
+		src.img, src.manifestDigest, err = pickPlatform(child, platform, "oci:"+arg)
 		if err != nil {
 			return nil, err
 		}
@@ -278,18 +316,31 @@ func resolveArchive(arg string) (*source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading docker archive %s: %w; expected a tar file written by `docker save`", file, err)
 	}
-	if tag == nil && len(m) != 1 {
-		var all []string
-		for _, d := range m {
-			all = append(all, d.RepoTags...)
+	// The image ggcr will read: the only one, or the first tagged ref,
+	// compared as ggcr's tarball.Image does, by resolved name.
+	var desc *tarball.Descriptor
+	var all []string
+	for i, d := range m {
+		all = append(all, d.RepoTags...)
+		for _, rt := range d.RepoTags {
+			if t, err := name.NewTag(rt); err == nil && tag != nil && t.Name() == tag.Name() && desc == nil {
+				desc = &m[i]
+			}
 		}
-		return nil, usagef("docker archive %s holds %d images; pick one with docker-archive:%s:REF, available: %s", file, len(m), file, strings.Join(all, ", "))
+	}
+	switch {
+	case tag == nil && len(m) != 1:
+		return nil, usagef("docker archive %s holds %d images; pick one with docker-archive:%s:REF, available: %s", file, len(m), file, strings.Join(nonEmpty(all), ", "))
+	case tag == nil:
+		desc = &m[0]
+	case desc == nil:
+		return nil, usagef("docker archive %s has no image tagged %s; available: %s", file, ref, strings.Join(nonEmpty(all), ", "))
 	}
 	img, err := tarball.ImageFromPath(file, tag)
 	if err != nil {
 		return nil, fmt.Errorf("reading docker archive %s: %w", file, err)
 	}
-	src := &source{img: img, kind: "docker-archive", uncompressedBlobs: true}
+	src := &source{img: img, kind: "docker-archive", uncompressedBlobs: true, configDigest: archiveConfigDigest(desc.Config)}
 	switch {
 	case tag != nil:
 		src.name = NormalizeName(tag.String())
@@ -301,12 +352,26 @@ func resolveArchive(arg string) (*source, error) {
 	return src, nil
 }
 
+// archiveConfigDigest reads the config's digest from its name in a docker
+// archive's manifest.json: "<hex>.json" (docker save before 25),
+// "blobs/sha256/<hex>" (an OCI layout inside) or "sha256:<hex>" (ggcr's
+// tarball.Write). It returns the zero Hash for any other name.
+func archiveConfigDigest(file string) v1.Hash {
+	s := strings.TrimSuffix(strings.TrimPrefix(file, "blobs/sha256/"), ".json")
+	s = strings.TrimPrefix(s, "sha256:")
+	if len(s) != 64 || strings.Trim(s, "0123456789abcdef") != "" {
+		return v1.Hash{}
+	}
+	return v1.Hash{Algorithm: "sha256", Hex: s}
+}
+
 // pickPlatform chooses the image for platform from an index, or says which
-// platforms there are.
-func pickPlatform(idx v1.ImageIndex, want v1.Platform, ref string) (v1.Image, error) {
+// platforms there are. It returns the image's digest as the index lists it,
+// which the image's manifest must hash to.
+func pickPlatform(idx v1.ImageIndex, want v1.Platform, ref string) (v1.Image, v1.Hash, error) {
 	im, err := idx.IndexManifest()
 	if err != nil {
-		return nil, fmt.Errorf("reading index of %s: %w", ref, err)
+		return nil, v1.Hash{}, fmt.Errorf("reading index of %s: %w", ref, err)
 	}
 	var available []string
 	for _, d := range im.Manifests {
@@ -324,13 +389,13 @@ func pickPlatform(idx v1.ImageIndex, want v1.Platform, ref string) (v1.Image, er
 			(want.Variant == "" || d.Platform.Variant == want.Variant) {
 			img, err := idx.Image(d.Digest)
 			if err != nil {
-				return nil, fmt.Errorf("reading %s for %s: %w", ref, platformString(want), err)
+				return nil, v1.Hash{}, fmt.Errorf("reading %s for %s: %w", ref, platformString(want), err)
 			}
-			return img, nil
+			return img, d.Digest, nil
 		}
 	}
 	slices.Sort(available)
-	return nil, usagef("%s has no image for platform %s; available: %s (choose with --platform)", ref, platformString(want), strings.Join(slices.Compact(available), ", "))
+	return nil, v1.Hash{}, usagef("%s has no image for platform %s; available: %s (choose with --platform)", ref, platformString(want), strings.Join(nonEmpty(slices.Compact(available)), ", "))
 }
 
 func platformString(p v1.Platform) string {

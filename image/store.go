@@ -61,8 +61,15 @@ type Store struct {
 	dir string
 }
 
-// NewStore returns the store kept in dir. It touches no files.
-func NewStore(dir string) *Store { return &Store{dir: dir} }
+// NewStore returns the store kept in dir. It touches no files. A relative
+// dir is made absolute now, so that Image.Rootfs is always an absolute path
+// (and stays right if the process changes directory).
+func NewStore(dir string) *Store {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	return &Store{dir: dir}
+}
 
 // add assembles an image in a temp directory with fill, publishes it, and
 // then removes older images of the same name. A crash leaves at worst a temp
@@ -279,6 +286,9 @@ func (s *Store) Remove(ctx context.Context, names ...string) ([]Image, error) {
 		if !ok {
 			missing = append(missing, n)
 			continue
+		}
+		if slices.ContainsFunc(removed, func(r Image) bool { return r.ID == img.ID }) {
+			continue // named twice, by name and ID say: report it once
 		}
 		for _, other := range all {
 			if other.Name == img.Name || other.ID == img.ID {
