@@ -297,7 +297,16 @@ func TestCrashSafety(t *testing.T) {
 	}
 	e.run("image", "cache", "prune")
 	checkCacheInvariants(t, e.cache, true)
-	leftovers, _ := filepath.Glob(filepath.Join(e.data, "images", ".*"))
+	// A pull killed between creating and locking its staging directory
+	// leaves a .new- directory that a later pull removes once it is 10 s
+	// old (image/store.go); any other leftover is a bug.
+	all, _ := filepath.Glob(filepath.Join(e.data, "images", ".*"))
+	var leftovers []string
+	for _, l := range all {
+		if !strings.HasPrefix(filepath.Base(l), ".new-") {
+			leftovers = append(leftovers, l)
+		}
+	}
 	if len(leftovers) > 0 {
 		t.Errorf("image store leftovers after a later pull: %v", leftovers)
 	}

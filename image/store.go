@@ -24,10 +24,11 @@ const (
 	// an image being deleted; listings skip both.
 	tmpPrefix      = ".tmp-"
 	removingPrefix = ".removing-"
-	// newPrefix marks a temp directory not yet locked; cleanup leaves it
-	// alone unless it is older than abandonedAfter.
+	// newPrefix marks a temp directory not yet locked: its creator locks it
+	// microseconds after creating it, so cleanup removes one only when it
+	// is older than abandonedAfter and its flock is free.
 	newPrefix      = ".new-"
-	abandonedAfter = time.Hour
+	abandonedAfter = 10 * time.Second
 )
 
 // ErrNotFound is returned for an image name that is not in the store.
@@ -161,7 +162,10 @@ func (s *Store) removeAbandoned() {
 		path := filepath.Join(s.dir, e.Name())
 		if strings.HasPrefix(e.Name(), newPrefix) {
 			if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > abandonedAfter {
-				os.RemoveAll(path)
+				if unlock, err := lockDir(path, false); err == nil {
+					os.RemoveAll(path)
+					unlock()
+				}
 			}
 			continue
 		}
