@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -152,109 +151,4 @@ func (c *Cache) leftovers() ([]string, error) {
 		}
 	}
 	return dirs, nil
-}
-
-// walk tallies the tree dir (relative to parent) and, with remove, deletes it
-// in the same pass. It works through os.Root, so no symlink inside the tree
-// leads it outside: a symlink is counted as a file and removed as a link.
-func walk(ctx context.Context, parent, dir string, remove bool) (Tally, error) {
-	r, err := os.OpenRoot(parent)
-	if err != nil {
-		return Tally{}, fmt.Errorf("opening %s: %w", parent, err)
-	}
-	defer r.Close()
-	var t Tally
-	err = walkDir(ctx, r, dir, "", remove, &t)
-	if err == nil {
-		err = removeEntry(r, dir, remove)
-	}
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return t, fmt.Errorf("pruning %s/%s: %w", parent, dir, err)
-	}
-	return t, nil
-}
-
-// walkDir walks name inside r; rel is name's path inside the cache tree.
-func walkDir(ctx context.Context, r *os.Root, name, rel string, remove bool, t *Tally) error {
-	sub, err := r.OpenRoot(name)
-	if err != nil {
-		return err
-	}
-	defer sub.Close()
-	d, err := sub.Open(".")
-	if err != nil {
-		return err
-	}
-	defer func() { d.Close() }()
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		// Batches keep memory flat on a directory of 100,000 blobs.
-		entries, err := d.ReadDir(1024)
-		for _, e := range entries {
-			if err := walkEntry(ctx, sub, e, path.Join(rel, e.Name()), remove, t); err != nil {
-				return err
-			}
-		}
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if remove {
-			// Deleting entries may reorder the directory, so reading on
-			// could skip some (golang/go#20841, as in os.RemoveAll): read
-			// again from the start, where only unseen entries are left.
-			d.Close()
-			if d, err = sub.Open("."); err != nil {
-				return err
-			}
-		}
-	}
-}
-
-// walkEntry counts, and with remove deletes, the entry e of r.
-func walkEntry(ctx context.Context, r *os.Root, e fs.DirEntry, rel string, remove bool, t *Tally) error {
-	if e.IsDir() {
-		err := walkDir(ctx, r, e.Name(), rel, remove, t)
-		if err == nil {
-			err = removeEntry(r, e.Name(), remove)
-		}
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil // a concurrent prune of the same aside got it first
-		}
-		return err
-	}
-	info, err := r.Lstat(e.Name())
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	} else if err != nil {
-		return err
-	}
-	if err := removeEntry(r, e.Name(), remove); errors.Is(err, fs.ErrNotExist) {
-		return nil // counted by whoever removed it
-	} else if err != nil {
-		return err
-	}
-	if rel == tagName {
-		return nil
-	}
-	t.Bytes += info.Size()
-	if path.Dir(rel) == blobsSubdir && validHex(e.Name()) && info.Mode().IsRegular() {
-		t.Blobs++
-	}
-	return nil
-}
-
-func removeEntry(r *os.Root, name string, remove bool) error {
-	if !remove {
-		return nil
-	}
-	err := r.Remove(name)
-	if err != nil && errors.Is(err, fs.ErrNotExist) {
-		return fs.ErrNotExist
-	}
-	return err
 }

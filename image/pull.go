@@ -15,6 +15,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net/http"
 	"os"
@@ -100,18 +101,24 @@ func Pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 	meta.image.Reference = ref
 	meta.image.PulledAt = opts.Now()
 
-	files, err := fetchLayers(ctx, cancel, c, src, meta, opts)
+	// Flattening reads the layers top-down and starts as soon as the top
+	// layer is in the cache, while the layers below are still fetched.
+	fetches, err := fetchLayers(ctx, cancel, c, src, meta, opts)
 	if err != nil {
 		return Image{}, err
 	}
-	defer func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}()
-	return s.add(ctx, meta.image, func(dir string) error {
-		return writeRootfs(ctx, dir, files, meta.diffIDs)
+	img, addErr := s.add(ctx, meta.image, func(dir string) error {
+		return writeRootfs(ctx, dir, fetches.file, meta.diffIDs)
 	})
+	if addErr != nil {
+		cancel() // flattening failed: stop the fetches still running
+	}
+	// A failed fetch also fails the flatten that waited for it; report
+	// the fetch, which says what went wrong.
+	if err := fetches.wait(); err != nil && (addErr == nil || !errors.Is(err, context.Canceled)) {
+		return Image{}, fmt.Errorf("pull %s: %w", meta.image.Reference, err)
+	}
+	return img, addErr
 }
 
 type metadata struct {
@@ -192,11 +199,49 @@ func readMetadata(src *source, ref string) (*metadata, error) {
 	return meta, nil
 }
 
-// fetchLayers passes every layer blob through the cache, a bounded number at
-// a time, and returns the open, verified blob files in layer order. On the
-// first failure it calls cancel, which must end ctx and the context src
-// was resolved with, so that the other downloads stop.
-func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache, src *source, meta *metadata, opts PullOptions) ([]*os.File, error) {
+// fetches are the layer blobs being passed through the cache.
+type fetches struct {
+	files []*os.File
+	errs  []error
+	done  []chan struct{} // done[i] is closed when layer i is fetched or failed
+	wg    sync.WaitGroup
+}
+
+// file waits for layer i and returns its open, verified blob file,
+// positioned at the start.
+func (f *fetches) file(ctx context.Context, i int) (*os.File, error) {
+	select {
+	case <-f.done[i]:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if f.errs[i] != nil {
+		return nil, f.errs[i]
+	}
+	if _, err := f.files[i].Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return f.files[i], nil
+}
+
+// wait waits for every fetch to end, closes the blob files and returns the
+// first failure.
+func (f *fetches) wait() error {
+	f.wg.Wait()
+	for _, file := range f.files {
+		if file != nil {
+			file.Close()
+		}
+	}
+	return firstError(f.errs)
+}
+
+// fetchLayers starts passing every layer blob through the cache, opts.Jobs at
+// a time, top layer first because flattening reads it first. On the first
+// failure it calls cancel, which must end ctx and the context src was
+// resolved with, so that the other downloads stop. The caller must call
+// wait on the result.
+func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache, src *source, meta *metadata, opts PullOptions) (*fetches, error) {
 	layers, err := src.img.Layers()
 	if err != nil {
 		return nil, fmt.Errorf("pull %s: listing layers: %w", meta.image.Reference, err)
@@ -221,11 +266,24 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 		opts.Progress(done, total)
 	}
 
-	files := make([]*os.File, len(layers))
-	errs := make([]error, len(layers))
-	sem := make(chan struct{}, opts.Jobs)
-	var wg sync.WaitGroup
-	for i, layer := range layers {
+	f := &fetches{
+		files: make([]*os.File, len(layers)),
+		errs:  make([]error, len(layers)),
+		done:  make([]chan struct{}, len(layers)),
+	}
+	queue := make(chan int, len(layers))
+	for i := len(layers) - 1; i >= 0; i-- {
+		f.done[i] = make(chan struct{})
+		queue <- i
+	}
+	close(queue)
+	fetch := func(i int) {
+		defer close(f.done[i])
+		if err := ctx.Err(); err != nil {
+			f.errs[i] = err
+			return
+		}
+		layer := layers[i]
 		b := cache.Blob{
 			Digest:   meta.layers[i].Digest.String(),
 			Size:     meta.layers[i].Size,
@@ -245,33 +303,22 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 			b.Digest, b.Size = meta.diffIDs[i].String(), -1
 			b.Open = func(context.Context) (io.ReadCloser, error) { return layer.Uncompressed() }
 		}
-		wg.Go(func() {
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				errs[i] = ctx.Err()
-				return
+		file, err := c.Fetch(ctx, b)
+		if err != nil {
+			f.errs[i] = fmt.Errorf("layer %d: %w", i, err)
+			cancel() // one failed layer fails the pull: stop the others
+			return
+		}
+		f.files[i] = file
+	}
+	for range min(opts.Jobs, len(layers)) {
+		f.wg.Go(func() {
+			for i := range queue {
+				fetch(i)
 			}
-			defer func() { <-sem }()
-			f, err := c.Fetch(ctx, b)
-			if err != nil {
-				errs[i] = fmt.Errorf("layer %d: %w", i, err)
-				cancel() // one failed layer fails the pull: stop the others
-				return
-			}
-			files[i] = f
 		})
 	}
-	wg.Wait()
-	if err := firstError(errs); err != nil {
-		for _, f := range files {
-			if f != nil {
-				f.Close()
-			}
-		}
-		return nil, fmt.Errorf("pull %s: %w", meta.image.Reference, err)
-	}
-	return files, nil
+	return f, nil
 }
 
 // firstError prefers a real failure over the cancellations it caused.
@@ -303,18 +350,20 @@ func retryable(err error) bool {
 	return true
 }
 
-// writeRootfs flattens the layers into dir/rootfs.tar.
-func writeRootfs(ctx context.Context, dir string, files []*os.File, diffIDs []v1.Hash) error {
+// writeRootfs flattens the layers into dir/rootfs.tar; layer(ctx, i) waits
+// for layer i's blob.
+func writeRootfs(ctx context.Context, dir string, layer func(context.Context, int) (*os.File, error), diffIDs []v1.Hash) error {
 	out, err := os.OpenFile(filepath.Join(dir, rootfsName), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err
 	}
 	defer out.Close()
 	w := bufio.NewWriterSize(out, 1<<20)
-	layers := make([]flattenLayer, len(files))
-	for i, f := range files {
+	layers := make([]flattenLayer, len(diffIDs))
+	for i := range layers {
 		layers[i] = flattenLayer{open: func() (io.ReadCloser, error) {
-			if _, err := f.Seek(0, io.SeekStart); err != nil {
+			f, err := layer(ctx, i)
+			if err != nil {
 				return nil, err
 			}
 			return uncompress(f, i, diffIDs[i])
@@ -355,17 +404,16 @@ func uncompress(r io.Reader, i int, diffID v1.Hash) (io.ReadCloser, error) {
 		}
 		stream, closer = zr, zr.Close
 	}
-	return &diffIDReader{r: stream, h: sha256.New(), want: diffID, layer: i, close: closer}, nil
+	h := sha256.New()
+	ra := newReadAhead(stream, h)
+	return &diffIDReader{r: ra, h: h, want: diffID, layer: i, close: func() { ra.Close(); closer() }}, nil
 }
 
 // diffIDReader fails the read that reaches EOF if the layer's uncompressed
 // content does not hash to its diff ID.
 type diffIDReader struct {
-	r io.Reader
-	h interface {
-		io.Writer
-		Sum([]byte) []byte
-	}
+	r     io.Reader // writes what it reads to h
+	h     hash.Hash
 	want  v1.Hash
 	layer int
 	close func()
@@ -373,7 +421,6 @@ type diffIDReader struct {
 
 func (d *diffIDReader) Read(p []byte) (int, error) {
 	n, err := d.r.Read(p)
-	d.h.Write(p[:n])
 	if err == io.EOF {
 		if got := hex.EncodeToString(d.h.Sum(nil)); got != d.want.Hex {
 			return n, fmt.Errorf("layer %d: uncompressed content is sha256:%s but the config's diff_id is %s; the image is corrupt", d.layer, got, d.want)
