@@ -134,8 +134,8 @@ func validHexLen(s string, n int) bool {
 	if len(s) != n {
 		return false
 	}
-	for _, r := range s {
-		if !('0' <= r && r <= '9' || 'a' <= r && r <= 'f') {
+	for i := 0; i < len(s); i++ { // bytes, not runes: this runs per blob
+		if r := s[i]; !('0' <= r && r <= '9' || 'a' <= r && r <= 'f') {
 			return false
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -58,12 +59,37 @@ func walk(ctx context.Context, parent, dir string, remove bool) (Tally, error) {
 	return t, nil
 }
 
+// listBlobsIn lists the well-formed blobs under the cache directory dir,
+// unsorted; no blobs directory lists none.
+func listBlobsIn(ctx context.Context, dir string) ([]BlobInfo, error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("listing blobs: %w", err)
+	}
+	defer unix.Close(fd)
+	var blobs []BlobInfo
+	w := &walker{ctx: ctx, buf: make([]byte, direntBufSize)}
+	w.collect = func(found []BlobInfo) { blobs = append(blobs, found...) }
+	w.start()
+	err = w.dir(fd, "blobs", "blobs")
+	if _, werr := w.stop(); err == nil {
+		err = werr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing blobs in %s: %w", dir, err)
+	}
+	return blobs, nil
+}
+
 // walker holds one walk's state. Directories are read by the goroutine that
 // calls dir; files go in batches to the workers.
 type walker struct {
 	ctx    context.Context
 	remove bool
-	buf    []byte // getdents64 buffer, used by dir only
+	// collect, if set, receives the blobs found in blobs/sha256, a batch
+	// at a time, from the workers (one call at a time).
+	collect func([]BlobInfo)
+	buf     []byte // getdents64 buffer, used by dir only
 
 	batches chan fileBatch
 	wg      sync.WaitGroup
@@ -89,9 +115,12 @@ func (w *walker) start() {
 	for range walkWorkers {
 		w.wg.Go(func() {
 			for b := range w.batches {
-				t, err := w.files(b)
+				t, found, err := w.files(b)
 				w.mu.Lock()
 				w.tally.add(t)
+				if w.collect != nil && len(found) > 0 {
+					w.collect(found)
+				}
 				if w.err == nil {
 					w.err = err
 				}
@@ -231,13 +260,14 @@ func (w *walker) newBatch(fd int, rel string, pending *sync.WaitGroup) fileBatch
 // files counts, and with remove deletes, one batch of entries that were not
 // directories when read. An entry gone meanwhile was counted by whoever
 // removed it (a concurrent prune of the same leftover).
-func (w *walker) files(b fileBatch) (Tally, error) {
+func (w *walker) files(b fileBatch) (Tally, []BlobInfo, error) {
 	var t Tally
+	var found []BlobInfo
 	var st unix.Stat_t
 	for _, name := range b.names {
 		if err := unix.Fstatat(b.dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			if err := ignoreGone(err); err != nil {
-				return t, fmt.Errorf("%s: %w", name, err)
+				return t, found, fmt.Errorf("%s: %w", name, err)
 			}
 			continue
 		}
@@ -250,7 +280,7 @@ func (w *walker) files(b fileBatch) (Tally, error) {
 		if w.remove {
 			if err := unix.Unlinkat(b.dirfd, name, 0); err != nil {
 				if err := ignoreGone(err); err != nil {
-					return t, fmt.Errorf("removing %s: %w", name, err)
+					return t, found, fmt.Errorf("removing %s: %w", name, err)
 				}
 				continue
 			}
@@ -261,9 +291,16 @@ func (w *walker) files(b fileBatch) (Tally, error) {
 		t.Bytes += st.Size
 		if b.blobs && regular && validHex(name) {
 			t.Blobs++
+			if w.collect != nil {
+				found = append(found, BlobInfo{
+					Digest:  "sha256:" + name,
+					Size:    st.Size,
+					LastUse: time.Unix(st.Mtim.Unix()),
+				})
+			}
 		}
 	}
-	return t, nil
+	return t, found, nil
 }
 
 // parseDirent reads the linux_dirent64 at the start of buf: d_ino (8 bytes),
