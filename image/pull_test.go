@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -971,4 +972,88 @@ func TestPullLayerFailureCancels(t *testing.T) {
 		t.Errorf("Pull(%s) took %v: the other layer downloads were not cancelled", ref, time.Since(start))
 	}
 	e.checkNothingPublished(t)
+}
+
+// TestPullPipelined checks that flattening starts with the top layer while
+// the lower ones are still being fetched: with one job the registry sees the
+// layers requested top first, and when the top layer cannot be flattened the
+// pull fails with the flatten's error without waiting for a lower layer
+// that the registry holds back.
+func TestPullPipelined(t *testing.T) {
+	tests := []struct {
+		name string
+		// top is the top layer; a bad one fails the flatten.
+		top        v1.Layer
+		jobs       int
+		wantErr    string
+		holdBottom bool // the registry holds the bottom layer until the client gives up
+	}{
+		{name: "fetched top first", top: gzipLayer(t, topLayerEnts()...), jobs: 1},
+		{name: "flatten failure stops fetches", top: static.NewLayer([]byte("not a tar archive, just text that goes on for a while"), types.OCIUncompressedLayer),
+			jobs: 2, holdBottom: true, wantErr: "layer 2: reading tar"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			layers := []v1.Layer{gzipLayer(t, baseLayerEnts()...), gzipLayer(t, tReg("mid", "mid\n")), tt.top}
+			index := map[string]int{}
+			for i, l := range layers {
+				index[digestOf(t, l).String()] = i
+			}
+			var (
+				mu        sync.Mutex
+				order     []int
+				heldUntil = make(chan time.Duration, 1)
+				held      atomic.Bool // the bottom layer's GET arrived and is held
+			)
+			wrap := func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					_, digest, _ := strings.Cut(r.URL.Path, "/blobs/")
+					i, isLayer := index[digest]
+					if r.Method == http.MethodGet && isLayer {
+						mu.Lock()
+						order = append(order, i)
+						mu.Unlock()
+						if i == 0 && tt.holdBottom {
+							held.Store(true)
+							start := time.Now()
+							select {
+							case <-r.Context().Done():
+							case <-time.After(10 * time.Second): // failsafe: the pull should give up first
+							}
+							heldUntil <- time.Since(start)
+							return
+						}
+					}
+					next.ServeHTTP(w, r)
+				})
+			}
+			host := startRegistry(t, wrap)
+			ref := host + "/pipe:1"
+			pushImage(t, ref, testImage(t, linuxAMD64, layers...))
+			e := newTestEnv(t)
+			_, err := Pull(t.Context(), e.cache, e.store, ref, PullOptions{Jobs: tt.jobs})
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Pull(%s) error = %v", ref, err)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if !slices.Equal(order, []int{2, 1, 0}) {
+					t.Errorf("Pull(%s, Jobs 1) fetched layers in order %v, want top first: [2 1 0]", ref, order)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Pull(%s) error = %v, want one containing %q", ref, err, tt.wantErr)
+			}
+			// The failure may come before the bottom layer's turn; if its
+			// GET did start, the pull must have given it up.
+			if held.Load() {
+				if d := <-heldUntil; d >= 10*time.Second {
+					t.Errorf("Pull(%s) failed to flatten but kept fetching the bottom layer for %v", ref, d)
+				}
+			}
+			e.checkNothingPublished(t)
+		})
+	}
 }
