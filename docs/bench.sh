@@ -103,6 +103,8 @@ median() {
 	(($#)) || die "no measurements to take the median of (a bug in bench.sh)"
 	printf '%s\n' "$@" | sort -n | sed -n "$((($# + 1) / 2))p"
 }
+# bench_ns FILE NAME: the median ns/op of go test benchmark NAME in FILE.
+bench_ns() { median $(awk -v name="Benchmark$2" '$1 ~ "^" name "(-[0-9]+)?$" { print int($3) }' "$1"); }
 # calc EXPR: floating-point arithmetic.
 calc() { awk "BEGIN { print $1 }"; }
 # dur µs: a human duration.
@@ -256,14 +258,30 @@ log "2. exclusive-lock hold time of a full prune (go test -bench RenameAside)"
 sync
 # Each count builds (and deletes) a 100k tree: about 10 s.
 if go test -run '^$' -bench 'RenameAside' -benchtime 20x -count "$bench_count" ./cache/ >"$work/bench2.txt" 2>&1; then
-	ns_of() { median $(awk -v name="BenchmarkRenameAside/$1" '$1 ~ "^" name "(-[0-9]+)?$" { print int($3) }' "$work/bench2.txt"); }
-	small=$(ns_of 1k) large=$(ns_of 100k)
+	small=$(bench_ns "$work/bench2.txt" RenameAside/1k) large=$(bench_ns "$work/bench2.txt" RenameAside/100k)
 	row 2 "exclusive lock held by a full prune, 100k vs 1k blobs (\`BenchmarkRenameAside\`)" "$(dur $((large / 1000))) at 100k" "$(dur $((small / 1000))) at 1k" "$(ratio "$large" "$small")" "flat (≤ 1.5×), ≤ 5 ms at 100k" "$(yesno le "$(calc "($large/$small <= 1.5) && ($large <= 5e6) ? 0 : 1")" 0)"
 else
 	cat "$work/bench2.txt" >>"$runlog"
 	tail -n 20 "$work/bench2.txt" >&2
 	log "go test -bench RenameAside failed; row 2 is n/a"
 	row 2 "exclusive lock held by a full prune, 100k vs 1k blobs" "n/a" "n/a" "n/a" "flat, ≤ 5 ms at 100k" "n/a (benchmark failed to run)"
+fi
+
+# ------------------------------- the same comparisons, in-process (go test)
+
+log "1c and 5b. go test -bench PruneWalk and Flatten (in-process, no start-up or fsync)"
+if go test -run '^$' -bench 'PruneWalk' -benchtime 5x -count "$bench_count" ./cache/ >"$work/bench1c.txt" 2>&1 &&
+	go test -run '^$' -bench 'Flatten$' -benchtime 20x -count "$bench_count" ./image/ >"$work/bench5b.txt" 2>&1; then
+	p=$(bench_ns "$work/bench1c.txt" PruneWalk/prune/10k) r=$(bench_ns "$work/bench1c.txt" PruneWalk/reference-removeall/10k)
+	row 1c "full prune's tally-and-delete of 10,000 blobs vs \`os.RemoveAll\` (\`BenchmarkPruneWalk\`, in-process)" "$(dur $((p / 1000)))" "$(dur $((r / 1000)))" "$(ratio "$p" "$r")" "≤ 1.0×" "$(yesno le "$(calc "$p/$r")" 1.0)"
+	p=$(bench_ns "$work/bench1c.txt" PruneWalk/dry-run/10k) r=$(bench_ns "$work/bench1c.txt" PruneWalk/reference-lstat-all/10k)
+	row 3c "dry run's tally of 10,000 blobs vs \`filepath.WalkDir\` + \`Lstat\` (\`BenchmarkPruneWalk\`, in-process)" "$(dur $((p / 1000)))" "$(dur $((r / 1000)))" "$(ratio "$p" "$r")" "≤ 1.0×" "$(yesno le "$(calc "$p/$r")" 1.0)"
+	p=$(bench_ns "$work/bench5b.txt" Flatten/flatten) r=$(bench_ns "$work/bench5b.txt" Flatten/reference-tar-read)
+	row 5b "flattener alone on 4 uncompressed layers in memory vs reading their tar streams (\`BenchmarkFlatten\`)" "$(dur $((p / 1000)))" "$(dur $((r / 1000)))" "$(ratio "$p" "$r")" "— (for scale)" "—"
+else
+	cat "$work/bench1c.txt" "$work/bench5b.txt" >>"$runlog" 2>/dev/null || true
+	log "go test -bench PruneWalk or Flatten failed; rows 1c, 3c and 5b are n/a"
+	row 1c "\`BenchmarkPruneWalk\`" "n/a" "n/a" "n/a" "≤ 1.0×" "n/a (benchmark failed to run)"
 fi
 
 # ------------------------------------------------- 3. measuring vs du -sb
