@@ -285,7 +285,7 @@ Example:
 			&cli.StringFlag{Name: "name", Usage: "store the image under `NAME` (default: the reference, normalized, e.g. alpine:3.20)"},
 			&cli.StringFlag{Name: "platform", Usage: "pick `OS/ARCH[/VARIANT]` from a multi-platform image (default: linux/" + goarch() + ")"},
 			&cli.BoolFlag{Name: "insecure", Usage: "allow plain HTTP to a registry other than localhost/127.0.0.1"},
-			&cli.IntFlag{Name: "jobs", Value: image.DefaultJobs, Usage: "fetch at most `N` blobs at once"},
+			&cli.IntFlag{Name: "jobs", Value: image.DefaultJobs, Usage: "fetch at most `N` blobs at once, top layer first: flattening starts as soon as the top layer is in"},
 			&cli.DurationFlag{Name: "timeout", Usage: "give up the pull after `DURATION` (exit 1); 0 means no limit"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress on stderr"},
 			jsonFlag,

@@ -135,12 +135,21 @@ func validHexLen(s string, n int) bool {
 		return false
 	}
 	for i := 0; i < len(s); i++ { // bytes, not runes: this runs per blob
-		if r := s[i]; !('0' <= r && r <= '9' || 'a' <= r && r <= 'f') {
+		if !isLowerHex[s[i]] {
 			return false
 		}
 	}
 	return true
 }
+
+// isLowerHex is a table rather than comparisons: a 100,000-blob cache
+// checks 6.4 million bytes per `cache du`.
+var isLowerHex = func() (t [256]bool) {
+	for _, c := range "0123456789abcdef" {
+		t[c] = true
+	}
+	return t
+}()
 
 // lookup returns the cached blob, verified, or nil on a miss. Anything at
 // the blob's name that is not a regular file holding exactly the blob (a

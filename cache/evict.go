@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -101,14 +102,39 @@ func (c *Cache) listBlobs(ctx context.Context) ([]BlobInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	slices.SortFunc(blobs, func(a, b BlobInfo) int {
-		// Plain integers: time.Compare dominates sorting 100,000 blobs.
-		if c := cmp.Compare(b.LastUse.UnixNano(), a.LastUse.UnixNano()); c != 0 {
+	return sortByUse(blobs), nil
+}
+
+// sortByUse sorts blobs most recently used first, then by digest. It sorts
+// small integer keys rather than the records, and compares the first 16 hex
+// digits as a number before whole digests: mtimes often tie (the kernel
+// stamps them from a coarse clock), and comparing strings and moving
+// 48-byte records made sorting 100,000 blobs a sixth of `cache du`.
+func sortByUse(blobs []BlobInfo) []BlobInfo {
+	type key struct {
+		nanos  int64
+		prefix uint64 // the digest's first 16 hex digits, in the same order
+		i      int
+	}
+	keys := make([]key, len(blobs))
+	for i, b := range blobs {
+		prefix, _ := strconv.ParseUint(strings.TrimPrefix(b.Digest, "sha256:")[:16], 16, 64)
+		keys[i] = key{b.LastUse.UnixNano(), prefix, i}
+	}
+	slices.SortFunc(keys, func(a, b key) int {
+		if c := cmp.Compare(b.nanos, a.nanos); c != 0 {
 			return c
 		}
-		return strings.Compare(a.Digest, b.Digest)
+		if c := cmp.Compare(a.prefix, b.prefix); c != 0 {
+			return c
+		}
+		return strings.Compare(blobs[a.i].Digest, blobs[b.i].Digest)
 	})
-	return blobs, nil
+	sorted := make([]BlobInfo, len(blobs))
+	for j, k := range keys {
+		sorted[j] = blobs[k.i]
+	}
+	return sorted
 }
 
 type tempFile struct {
