@@ -28,8 +28,9 @@ import (
 
 // walkWorkers is how many goroutines stat and unlink files. More than the
 // cores pays for unlink, which blocks on the filesystem as much as it
-// computes.
-const walkWorkers = 4
+// computes: on 2 cores and ext4, deleting 20,000 blobs took 3.2 s with 1
+// worker, 1.0 s with 4 and 0.8 s with 8 (rm -rf: 1.4 s).
+const walkWorkers = 8
 
 // direntBufSize holds a few hundred entries per getdents64 call (Go's
 // os.ReadDir uses 8 KiB).
@@ -162,12 +163,15 @@ func (w *walker) dir(parentfd int, name, rel string) error {
 			batch = w.newBatch(fd, rel, &pending)
 		}
 	}
+	// Deleting entries may reorder a directory on some filesystems, so
+	// that reading on skips entries (golang/go#20841): with remove, read
+	// the directory again from the start until a pass finds it empty. On
+	// ext4, xfs, btrfs and tmpfs the second pass reads nothing. A pass
+	// that finds as many entries as the one before made no progress (an
+	// entry that cannot be deleted and reports no error): stop there
+	// rather than loop, and let removing the directory report it.
+	lastSeen := -1
 	for {
-		// Deleting entries may reorder a directory on some filesystems,
-		// so that reading on skips entries (golang/go#20841): with
-		// remove, read the directory again from the start until a pass
-		// finds it empty. On ext4, xfs, btrfs and tmpfs the second pass
-		// reads nothing.
 		seen := 0
 		for {
 			if err := w.ctx.Err(); err != nil {
@@ -216,9 +220,10 @@ func (w *walker) dir(parentfd int, name, rel string) error {
 			}
 		}
 		flush()
-		if !w.remove || seen == 0 {
+		if !w.remove || seen == 0 || lastSeen >= 0 && seen >= lastSeen {
 			return nil
 		}
+		lastSeen = seen
 		pending.Wait()
 		if _, err := unix.Seek(fd, 0, 0); err != nil {
 			return fmt.Errorf("rewinding %s: %w", relOrDot(rel), err)
