@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -60,19 +61,23 @@ func walk(ctx context.Context, parent, dir string, remove bool) (Tally, error) {
 	return t, nil
 }
 
-// listBlobsIn lists the well-formed blobs under the cache directory dir,
-// unsorted; no blobs directory lists none.
+// listBlobsIn lists the well-formed blobs in blobs/sha256 of the cache
+// directory dir, unsorted; no blobs directory lists none. Like lookup, it
+// passes over what is not a blob (subdirectories, entries it cannot stat)
+// rather than failing: a listing is a measurement.
 func listBlobsIn(ctx context.Context, dir string) ([]BlobInfo, error) {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
+	fd, err := unix.Open(dir+"/blobs", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	} else if err != nil {
 		return nil, fmt.Errorf("listing blobs: %w", err)
 	}
 	defer unix.Close(fd)
 	var blobs []BlobInfo
-	w := &walker{ctx: ctx, buf: make([]byte, direntBufSize)}
+	w := &walker{ctx: ctx, listOnly: true, buf: make([]byte, direntBufSize)}
 	w.collect = func(found []BlobInfo) { blobs = append(blobs, found...) }
 	w.start()
-	err = w.dir(fd, "blobs", "blobs")
+	err = w.dir(fd, "sha256", blobsSubdir)
 	if _, werr := w.stop(); err == nil {
 		err = werr
 	}
@@ -90,7 +95,13 @@ type walker struct {
 	// collect, if set, receives the blobs found in blobs/sha256, a batch
 	// at a time, from the workers (one call at a time).
 	collect func([]BlobInfo)
-	buf     []byte // getdents64 buffer, used by dir only
+	// listOnly walks one directory, not its subdirectories, and skips
+	// entries it cannot stat.
+	listOnly bool
+	buf      []byte // getdents64 buffer, used by dir only
+	// removed counts what was deleted, so that a pass can tell whether
+	// it made progress.
+	removed atomic.Int64
 
 	batches chan fileBatch
 	wg      sync.WaitGroup
@@ -147,14 +158,21 @@ func (w *walker) failed() error {
 // dir walks the directory name inside the directory parentfd; rel is its
 // path inside the tree ("" for the tree's root). It returns once every file
 // under it is counted (and removed), so that the caller may remove it.
-func (w *walker) dir(parentfd int, name, rel string) error {
+func (w *walker) dir(parentfd int, name, rel string) (err error) {
 	fd, err := unix.Openat(parentfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return ignoreGone(err)
 	}
 	defer unix.Close(fd)
 	var pending sync.WaitGroup
-	defer pending.Wait() // the workers use fd until then
+	defer func() {
+		pending.Wait() // the workers use fd until then
+		if err == nil {
+			// A worker's failure, not the "directory not empty" that
+			// removing this directory would report because of it.
+			err = w.failed()
+		}
+	}()
 	batch := w.newBatch(fd, rel, &pending)
 	flush := func() {
 		if len(batch.names) > 0 {
@@ -167,12 +185,11 @@ func (w *walker) dir(parentfd int, name, rel string) error {
 	// that reading on skips entries (golang/go#20841): with remove, read
 	// the directory again from the start until a pass finds it empty. On
 	// ext4, xfs, btrfs and tmpfs the second pass reads nothing. A pass
-	// that finds as many entries as the one before made no progress (an
-	// entry that cannot be deleted and reports no error): stop there
-	// rather than loop, and let removing the directory report it.
-	lastSeen := -1
+	// that removed nothing made no progress (an entry that cannot be
+	// deleted and reports no error): stop there rather than loop, and let
+	// removing the directory report it.
 	for {
-		seen := 0
+		seen, removedBefore := 0, w.removed.Load()
 		for {
 			if err := w.ctx.Err(); err != nil {
 				return err
@@ -205,7 +222,9 @@ func (w *walker) dir(parentfd int, name, rel string) error {
 					typ = w.typeOf(fd, name)
 				}
 				if typ == unix.DT_DIR {
-					subdirs = append(subdirs, name)
+					if !w.listOnly {
+						subdirs = append(subdirs, name)
+					}
 					continue
 				}
 				batch.names = append(batch.names, name)
@@ -220,11 +239,13 @@ func (w *walker) dir(parentfd int, name, rel string) error {
 			}
 		}
 		flush()
-		if !w.remove || seen == 0 || lastSeen >= 0 && seen >= lastSeen {
+		if !w.remove || seen == 0 {
 			return nil
 		}
-		lastSeen = seen
 		pending.Wait()
+		if w.removed.Load() == removedBefore {
+			return nil
+		}
 		if _, err := unix.Seek(fd, 0, 0); err != nil {
 			return fmt.Errorf("rewinding %s: %w", relOrDot(rel), err)
 		}
@@ -249,7 +270,11 @@ func (w *walker) subdir(fd int, name, rel string) error {
 	if !w.remove {
 		return nil
 	}
-	return ignoreGone(unix.Unlinkat(fd, name, unix.AT_REMOVEDIR))
+	if err := unix.Unlinkat(fd, name, unix.AT_REMOVEDIR); err != nil {
+		return ignoreGone(err)
+	}
+	w.removed.Add(1)
+	return nil
 }
 
 func (w *walker) newBatch(fd int, rel string, pending *sync.WaitGroup) fileBatch {
@@ -271,7 +296,7 @@ func (w *walker) files(b fileBatch) (Tally, []BlobInfo, error) {
 	var st unix.Stat_t
 	for _, name := range b.names {
 		if err := unix.Fstatat(b.dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			if err := ignoreGone(err); err != nil {
+			if err := ignoreGone(err); err != nil && !w.listOnly {
 				return t, found, fmt.Errorf("%s: %w", name, err)
 			}
 			continue
@@ -289,6 +314,7 @@ func (w *walker) files(b fileBatch) (Tally, []BlobInfo, error) {
 				}
 				continue
 			}
+			w.removed.Add(1)
 		}
 		if b.top && name == tagName {
 			continue

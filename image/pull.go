@@ -114,8 +114,10 @@ func Pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 		cancel() // flattening failed: stop the fetches still running
 	}
 	// A failed fetch also fails the flatten that waited for it; report
-	// the fetch, which says what went wrong.
-	if err := fetches.wait(); err != nil && (addErr == nil || !errors.Is(err, context.Canceled)) {
+	// the fetch, which says what went wrong. But a fetch that failed only
+	// after the pull was cancelled (by a failed flatten, or Ctrl-C) reports
+	// whatever it was doing then, not the cause.
+	if err := fetches.wait(); err != nil && (addErr == nil || fetches.cause != nil) {
 		return Image{}, fmt.Errorf("pull %s: %w", meta.image.Reference, err)
 	}
 	return img, addErr
@@ -203,8 +205,12 @@ func readMetadata(src *source, ref string) (*metadata, error) {
 type fetches struct {
 	files []*os.File
 	errs  []error
-	done  []chan struct{} // done[i] is closed when layer i is fetched or failed
-	wg    sync.WaitGroup
+	// cause is the first fetch failure that came while the pull was still
+	// going: what failed after it failed because of it.
+	causeOnce sync.Once
+	cause     error
+	done      []chan struct{} // done[i] is closed when layer i is fetched or failed
+	wg        sync.WaitGroup
 }
 
 // file waits for layer i and returns its open, verified blob file,
@@ -225,13 +231,16 @@ func (f *fetches) file(ctx context.Context, i int) (*os.File, error) {
 }
 
 // wait waits for every fetch to end, closes the blob files and returns the
-// first failure.
+// failure that caused the others, if any.
 func (f *fetches) wait() error {
 	f.wg.Wait()
 	for _, file := range f.files {
 		if file != nil {
 			file.Close()
 		}
+	}
+	if f.cause != nil {
+		return f.cause
 	}
 	return firstError(f.errs)
 }
@@ -306,6 +315,9 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 		file, err := c.Fetch(ctx, b)
 		if err != nil {
 			f.errs[i] = fmt.Errorf("layer %d: %w", i, err)
+			if ctx.Err() == nil {
+				f.causeOnce.Do(func() { f.cause = f.errs[i] })
+			}
 			cancel() // one failed layer fails the pull: stop the others
 			return
 		}

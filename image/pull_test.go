@@ -987,10 +987,16 @@ func TestPullPipelined(t *testing.T) {
 		jobs       int
 		wantErr    string
 		holdBottom bool // the registry holds the bottom layer until the client gives up
+		// failBottom: the registry answers 503 for the bottom layer, and
+		// serves the top one only after that, so that the flatten fails
+		// while the bottom fetch waits to retry.
+		failBottom bool
 	}{
 		{name: "fetched top first", top: gzipLayer(t, topLayerEnts()...), jobs: 1},
 		{name: "flatten failure stops fetches", top: static.NewLayer([]byte("not a tar archive, just text that goes on for a while"), types.OCIUncompressedLayer),
 			jobs: 2, holdBottom: true, wantErr: "layer 2: reading tar"},
+		{name: "flatten failure, not the retry it interrupted", top: static.NewLayer([]byte("not a tar archive either, and long enough to say so"), types.OCIUncompressedLayer),
+			jobs: 3, failBottom: true, wantErr: "layer 2: reading tar"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1004,6 +1010,8 @@ func TestPullPipelined(t *testing.T) {
 				order     []int
 				heldUntil = make(chan time.Duration, 1)
 				held      atomic.Bool // the bottom layer's GET arrived and is held
+				refused   = make(chan struct{})
+				refuseOne sync.Once
 			)
 			wrap := func(next http.Handler) http.Handler {
 				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -1013,6 +1021,14 @@ func TestPullPipelined(t *testing.T) {
 						mu.Lock()
 						order = append(order, i)
 						mu.Unlock()
+						if i == 0 && tt.failBottom {
+							w.WriteHeader(http.StatusServiceUnavailable)
+							refuseOne.Do(func() { close(refused) })
+							return
+						}
+						if i == 2 && tt.failBottom {
+							<-refused
+						}
 						if i == 0 && tt.holdBottom {
 							held.Store(true)
 							start := time.Now()

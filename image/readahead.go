@@ -1,9 +1,6 @@
 package image
 
-import (
-	"errors"
-	"io"
-)
+import "io"
 
 // readAhead reads its source on a goroutine of its own, a few chunks ahead
 // of the consumer. Decompressing a layer and flattening it then run on two
@@ -59,9 +56,15 @@ func (ra *readAhead) fill(r io.Reader) {
 		case <-ra.stop:
 			return
 		}
-		n, err := io.ReadFull(r, buf)
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			err = io.EOF // a short last chunk
+		// Not io.ReadFull: it would turn the source's own
+		// io.ErrUnexpectedEOF (a truncated gzip stream) into a clean end
+		// and an io.EOF into a short read; errors pass through as they are.
+		n := 0
+		var err error
+		for n < len(buf) && err == nil {
+			var k int
+			k, err = r.Read(buf[n:])
+			n += k
 		}
 		select {
 		case ra.chunks <- chunk{buf[:n], err}:

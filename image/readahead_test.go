@@ -33,6 +33,8 @@ func TestReadAhead(t *testing.T) {
 		{name: "dribbling source", size: 3000, oneByte: true},
 		{name: "error after data", size: readAheadChunk + 5, err: errBroken},
 		{name: "error at once", size: 0, err: errBroken},
+		// A truncated gzip stream ends so; it must not read as a clean end.
+		{name: "unexpected EOF", size: 10, err: io.ErrUnexpectedEOF},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
