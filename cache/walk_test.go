@@ -31,8 +31,8 @@ func TestInventoryPassesOver(t *testing.T) {
 		hexOf(content(5, 1)): func(p string) error { return os.Symlink(hexOf(blobA), p) },
 		"README":             func(p string) error { return os.WriteFile(p, []byte("not a blob"), 0o644) },
 	}
-	for name, make := range strays {
-		if err := make(filepath.Join(blobs, name)); err != nil {
+	for name, create := range strays {
+		if err := create(filepath.Join(blobs, name)); err != nil {
 			t.Fatal(err)
 		}
 	}
