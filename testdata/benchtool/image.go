@@ -215,15 +215,7 @@ func fillBase(lw *layerWriter, size int64) error {
 }
 
 func fillLibs(lw *layerWriter, size int64) error {
-	for j := 0; lw.raw < size; j++ {
-		n := min(int64(64<<10+lw.g.rng.IntN(4<<20-64<<10)), max(size-lw.raw, 1))
-		b := lw.buf(int(n))
-		lw.g.binary(b)
-		if err := lw.file(fmt.Sprintf("usr/lib/lib%04d.so.1", j), b); err != nil {
-			return err
-		}
-	}
-	return nil
+	return fillSized(lw, size, 64<<10, 4<<20, lw.g.binary, "usr/lib/lib%04d.so.1")
 }
 
 func fillText(lw *layerWriter, size int64) error {
@@ -238,11 +230,18 @@ func fillText(lw *layerWriter, size int64) error {
 }
 
 func fillData(lw *layerWriter, size int64) error {
+	return fillSized(lw, size, 1<<20, 8<<20, lw.g.random, "opt/data/blob%04d.bin")
+}
+
+// fillSized writes files of minSize up to maxSize bytes, filled by fill and
+// named by format with their index, until the layer holds size bytes; the
+// last one is cut to fit.
+func fillSized(lw *layerWriter, size int64, minSize, maxSize int, fill func([]byte), format string) error {
 	for j := 0; lw.raw < size; j++ {
-		n := min(int64(1<<20+lw.g.rng.IntN(7<<20)), max(size-lw.raw, 1))
+		n := min(int64(minSize+lw.g.rng.IntN(maxSize-minSize)), max(size-lw.raw, 1))
 		b := lw.buf(int(n))
-		lw.g.random(b)
-		if err := lw.file(fmt.Sprintf("opt/data/blob%04d.bin", j), b); err != nil {
+		fill(b)
+		if err := lw.file(fmt.Sprintf(format, j), b); err != nil {
 			return err
 		}
 	}
