@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"math"
 	"os"
 	"runtime"
@@ -61,8 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	msg := oneLine(err.Error())
-	if errors.Is(err, fs.ErrPermission) {
-		msg += "; it belongs to another user: run banger as its owner (root for /var/cache/banger and /var/lib/banger), or choose your own with --cache-dir/--data-dir"
+	if h := hint(err); h != "" {
+		msg += "; " + h
 	}
 	fmt.Fprintf(stderr, "banger: %s\n", msg)
 	return code
