@@ -9,10 +9,12 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
+	"text/template"
 	"time"
 
 	"github.com/banger/banger/cache"
@@ -49,22 +51,68 @@ func (e usageErr) Unwrap() error      { return e.error }
 
 // run executes banger with args and returns the process exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	app := newApp(stdout, stderr)
-	err := app.RunContext(ctx, args)
+	out := &stdoutWriter{w: stdout, tty: isTerminal(stdout)}
+	app := newApp(out, stderr)
+	if len(args) > 1 && args[1] == completeCommand {
+		return runComplete(ctx, app, args[2:])
+	}
+	line, err := parseCommandLine(app, args[1:])
+	if err == nil {
+		err = app.RunContext(ctx, line.argv(args[0]))
+	}
 	if err == nil {
 		return exitOK
 	}
 	code := exitCode(ctx, err)
-	if code == exitInterrupted {
-		fmt.Fprintln(stderr, "banger: interrupted; nothing half-done was kept")
-		return code
-	}
-	msg := oneLine(err.Error())
-	if h := hint(err); h != "" {
-		msg += "; " + h
+	msg := "interrupted; nothing half-done was kept"
+	if code != exitInterrupted {
+		msg = oneLine(err.Error())
+		if h := hint(err); h != "" {
+			msg += "; " + h
+		}
 	}
 	fmt.Fprintf(stderr, "banger: %s\n", msg)
+	// A script reading --json output gets a document even when the command
+	// failed before printing its own.
+	if out.n == 0 && wantsJSON(line, args[1:]) {
+		printJSON(out, struct {
+			Error    string `json:"error"`
+			ExitCode int    `json:"exit_code"`
+		}{msg, code})
+	}
 	return code
+}
+
+// wantsJSON says whether --json was given: from the parsed command line, or
+// from the raw words when parsing failed.
+func wantsJSON(line commandLine, args []string) bool {
+	words := line.flags
+	if line.leaf() == nil && len(line.operands) == 0 {
+		words = args
+		if i := slices.Index(words, "--"); i >= 0 {
+			words = words[:i]
+		}
+	}
+	for _, w := range words {
+		if w == "--json" || w == "--json=true" || w == "-json" {
+			return true
+		}
+	}
+	return false
+}
+
+// stdoutWriter counts what a command printed, so that run knows whether a
+// failed --json command still owes its caller a document.
+type stdoutWriter struct {
+	w   io.Writer
+	tty bool
+	n   int64
+}
+
+func (s *stdoutWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	s.n += int64(n)
+	return n, err
 }
 
 func exitCode(ctx context.Context, err error) int {
@@ -96,11 +144,10 @@ coordinates with other runs through an advisory lock file.
 Example:
    banger image pull alpine:3.20
    banger image cache prune`,
-		Version:              version(),
-		Writer:               stdout,
-		ErrWriter:            stderr,
-		HideHelpCommand:      true,
-		EnableBashCompletion: true,
+		Version:         version(),
+		Writer:          stdout,
+		ErrWriter:       stderr,
+		HideHelpCommand: true,
 		// Errors are printed and mapped to exit codes by run, in one place.
 		ExitErrHandler:        func(*cli.Context, error) {},
 		CustomAppHelpTemplate: cli.AppHelpTemplate + "\n" + exitCodesHelp + "\n",
@@ -127,7 +174,6 @@ Example:
 		},
 	}
 	app.OnUsageError = onUsageError
-	app.CommandNotFound = func(c *cli.Context, name string) {}
 	setUsageErrors(app.Commands)
 	return app
 }
@@ -144,6 +190,8 @@ func setUsageErrors(cmds []*cli.Command) {
 		cmd.OnUsageError = onUsageError
 		cmd.CustomHelpTemplate = cli.CommandHelpTemplate + "\n" + exitCodesHelp + "\n"
 		if len(cmd.Subcommands) > 0 {
+			cmd.CustomHelpTemplate = cli.SubcommandHelpTemplate + "\n" + exitCodesHelp + "\n"
+			cmd.HideHelpCommand = true
 			cmd.Action = func(c *cli.Context) error {
 				if c.Args().Present() {
 					return usageErr{fmt.Errorf("unknown command %q; see `%s --help`", c.Args().First(), c.Command.HelpName)}
@@ -170,7 +218,11 @@ func lockFlags() []cli.Flag {
 	}
 }
 
-var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print one JSON document on stdout"}
+// jsonFlag is a constructor, like pathFlags: urfave records a flag's
+// value in the flag itself, so commands must not share one.
+func jsonFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "json", Usage: "print one JSON document on stdout (one line unless stdout is a terminal)"}
+}
 
 func withFlags(groups ...[]cli.Flag) []cli.Flag {
 	var all []cli.Flag
@@ -233,10 +285,34 @@ func withLayout(min, max int, what string, body func(c *cli.Context, l layout.La
 	}
 }
 
+// printJSON writes v as one JSON document: indented for a person at a
+// terminal, on one line otherwise, so that a log of --json runs can be read
+// line by line (`jq -c .`, JSON Lines).
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
+	if s, ok := w.(*stdoutWriter); ok && s.tty {
+		enc.SetIndent("", "  ")
+	}
 	return enc.Encode(v)
+}
+
+// printTemplate executes tmpl on v's JSON fields, as docker inspect
+// --format does, and ends the line.
+func printTemplate(w io.Writer, tmpl *template.Template, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	var fields map[string]any
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return err
+	}
+	var b strings.Builder
+	if err := tmpl.Execute(&b, fields); err != nil {
+		return usageErr{fmt.Errorf("--format: %w", err)}
+	}
+	_, err = fmt.Fprintln(w, b.String())
+	return err
 }
 
 func envCommand() *cli.Command {
@@ -244,7 +320,7 @@ func envCommand() *cli.Command {
 		Name:      "env",
 		Usage:     "print the resolved paths, like `go env`",
 		UsageText: "banger env [--json]\n\nExample:\n   banger env\n   BANGER_CACHE_DIR=/tmp/c banger env --json",
-		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag}),
+		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag()}),
 		Action: withLayout(0, 0, "no arguments", func(c *cli.Context, l layout.Layout) error {
 			if c.Bool("json") {
 				return printJSON(c.App.Writer, l)
@@ -286,8 +362,8 @@ Example:
 			&cli.BoolFlag{Name: "insecure", Usage: "allow plain HTTP to a registry other than localhost/127.0.0.1"},
 			&cli.IntFlag{Name: "jobs", Value: image.DefaultJobs, Usage: "fetch at most `N` blobs at once, top layer first: flattening starts as soon as the top layer is in"},
 			&cli.DurationFlag{Name: "timeout", Usage: "give up the pull after `DURATION` (exit 1); 0 means no limit"},
-			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress on stderr"},
-			jsonFlag,
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the image name on stdout, and no progress on stderr (like docker pull -q)"},
+			jsonFlag(),
 		}),
 		Action: func(c *cli.Context) error {
 			if err := needArgs(c, 1, 1, "exactly one REF"); err != nil {
@@ -328,6 +404,10 @@ Example:
 			if c.Bool("json") {
 				return printJSON(c.App.Writer, img)
 			}
+			if c.Bool("quiet") {
+				_, err := fmt.Fprintln(c.App.Writer, img.Name)
+				return err
+			}
 			fmt.Fprintf(c.App.Writer, "pulled %s (%s, rootfs %s) into %s\n", img.Name, img.Platform, humanize.IBytes(uint64(img.Size)), img.Rootfs)
 			return nil
 		},
@@ -339,7 +419,7 @@ func lsCommand() *cli.Command {
 		Name:      "ls",
 		Usage:     "list flattened images",
 		UsageText: "banger image ls [--json]\n\nExample:\n   banger image ls\n   banger image ls --json | jq -r '.[].name'",
-		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag}),
+		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag()}),
 		Action: withLayout(0, 0, "no arguments", func(c *cli.Context, l layout.Layout) error {
 			images, err := image.NewStore(l.ImagesDir).List(c.Context)
 			if err != nil {
@@ -363,16 +443,66 @@ func lsCommand() *cli.Command {
 
 func inspectCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "inspect",
-		Usage:     "print an image's metadata as JSON, including the absolute rootfs path",
-		UsageText: "banger image inspect NAME|ID\n\nExample:\n   banger image inspect alpine:3.20\n   tar -tf \"$(banger image inspect alpine:3.20 | jq -r .rootfs)\"",
-		Flags:     pathFlags(),
-		Action: withLayout(1, 1, "exactly one image NAME or ID", func(c *cli.Context, l layout.Layout) error {
-			img, err := image.NewStore(l.ImagesDir).Get(c.Context, c.Args().First())
-			if err != nil {
+		Name:  "inspect",
+		Usage: "print images' metadata as JSON, including the absolute rootfs path",
+		UsageText: `banger image inspect [--json] [--format TEMPLATE] NAME|ID...
+
+Prints one JSON object for one image, and an array of objects for several
+(as docker inspect does). The output is JSON unless --format is given;
+--json is accepted for scripts that pass it to every command. An image that
+is not found is reported on stderr and makes the exit code 1; the others are
+still printed.
+
+--format executes a Go template once per image, with the JSON fields as
+keys, as docker inspect --format does.
+
+Example:
+   banger image inspect alpine:3.20
+   tar -tf "$(banger image inspect --format '{{.rootfs}}' alpine:3.20)"`,
+		Flags: withFlags(pathFlags(), []cli.Flag{
+			jsonFlag(),
+			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Usage: "print each image through the Go `TEMPLATE` (fields as in the JSON: {{.rootfs}}, {{.id}})"},
+		}),
+		Action: withLayout(1, -1, "at least one image NAME or ID", func(c *cli.Context, l layout.Layout) error {
+			var tmpl *template.Template
+			if f := c.String("format"); f != "" {
+				var err error
+				if tmpl, err = template.New("format").Option("missingkey=error").Parse(f); err != nil {
+					return usageErr{fmt.Errorf("invalid --format: %w", err)}
+				}
+			}
+			store := image.NewStore(l.ImagesDir)
+			var found []image.Image
+			var errs []error
+			for _, name := range c.Args().Slice() {
+				img, err := store.Get(c.Context, name)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				found = append(found, img)
+			}
+			if err := errors.Join(errs...); c.Args().Len() == 1 && err != nil {
 				return err
 			}
-			return printJSON(c.App.Writer, img)
+			if tmpl != nil {
+				for _, img := range found {
+					if err := printTemplate(c.App.Writer, tmpl, img); err != nil {
+						return err
+					}
+				}
+				return errors.Join(errs...)
+			}
+			var out any = found
+			if c.Args().Len() == 1 {
+				out = found[0]
+			} else if found == nil {
+				out = []image.Image{}
+			}
+			if err := printJSON(c.App.Writer, out); err != nil {
+				return err
+			}
+			return errors.Join(errs...)
 		}),
 	}
 }
@@ -382,7 +512,7 @@ func rmCommand() *cli.Command {
 		Name:      "rm",
 		Usage:     "remove images from the image store",
 		UsageText: "banger image rm [--json] NAME|ID...\n\nExample:\n   banger image rm alpine:3.20",
-		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag}),
+		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag()}),
 		Action: withLayout(1, -1, "at least one image NAME or ID", func(c *cli.Context, l layout.Layout) error {
 			removed, err := image.NewStore(l.ImagesDir).Remove(c.Context, c.Args().Slice()...)
 			if c.Bool("json") {
@@ -428,7 +558,7 @@ Example:
    banger image cache du -v --json | jq '.blob_list[0]'`,
 		Flags: withFlags(pathFlags(), lockFlags(), []cli.Flag{
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "list each blob with its size and last use"},
-			jsonFlag,
+			jsonFlag(),
 		}),
 		Action: withLayout(0, 0, "no arguments", func(c *cli.Context, l layout.Layout) error {
 			inv, err := openCache(c, l).Inventory(c.Context)
@@ -511,7 +641,7 @@ Example:
 			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "only report what would be freed"},
 			&cli.StringFlag{Name: "older-than", Usage: "remove blobs not used within `DURATION` (Go duration or days: 36h, 7d)"},
 			&cli.StringFlag{Name: "max-size", Usage: "remove least recently used blobs until the cache holds at most `SIZE` (20GiB, 500MB)"},
-			jsonFlag,
+			jsonFlag(),
 		}),
 		Action: func(c *cli.Context) error {
 			if err := needArgs(c, 0, 0, "no arguments"); err != nil {

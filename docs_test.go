@@ -29,7 +29,7 @@ func TestDocsRecipes(t *testing.T) {
 	for _, m := range prune.FindAllStringSubmatch(string(cron)+string(ci), -1) {
 		args := strings.Fields(m[1])
 		found++
-		if out := e.run(args...); !strings.Contains(out, "0 B across 0 blob(s)") && !strings.Contains(out, `"bytes_freed": 0`) {
+		if out := e.run(args...); !strings.Contains(out, "0 B across 0 blob(s)") && !strings.Contains(out, `"bytes_freed":0`) {
 			t.Errorf("banger %s printed %q", m[1], out)
 		}
 	}

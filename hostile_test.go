@@ -218,7 +218,7 @@ func TestHostileInput(t *testing.T) {
 		e2 := newBangerEnv(t, reg.host)
 		e2.run("image", "pull", "-q", reg.host+"/absolute:1")
 		out := e2.run("image", "inspect", reg.host+"/absolute:1")
-		rootfs := regexp.MustCompile(`"rootfs": "([^"]+)"`).FindStringSubmatch(out)[1]
+		rootfs := regexp.MustCompile(`"rootfs": ?"([^"]+)"`).FindStringSubmatch(out)[1]
 		listing := tarListing(t, rootfs)
 		for _, want := range []string{"etc/abs", "etc/pw -> /etc/passwd", "etc/up -> ../../../../etc/passwd"} {
 			if !strings.Contains(listing, want+"\n") {

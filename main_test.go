@@ -27,6 +27,13 @@ import (
 var updateTestdata = flag.Bool("update-testdata", false, "rewrite testdata/hello from the test images")
 
 func TestMain(m *testing.M) {
+	// A binary built with -race sleeps a second at every exit by default
+	// (GORACE atexit_sleep_ms=1000), and these tests start banger hundreds
+	// of times: the children skip the sleep. Children inherit the variable,
+	// and testscript passes GORACE through to its scripts.
+	if os.Getenv("GORACE") == "" {
+		os.Setenv("GORACE", "atexit_sleep_ms=0")
+	}
 	testscript.Main(m, map[string]func(){
 		"banger": func() { os.Exit(runMain()) },
 	})
@@ -129,8 +136,9 @@ func scriptParams(t *testing.T, dir, registryHost string) testscript.Params {
 			return nil
 		},
 		Cmds: map[string]func(*testscript.TestScript, bool, []string){
-			"exitcode": cmdExitCode,
-			"jsonok":   cmdJSONOK,
+			"exitcode":  cmdExitCode,
+			"jsonok":    cmdJSONOK,
+			"jsonlines": cmdJSONLines,
 		},
 		Condition: func(cond string) (bool, error) {
 			if cond == "root" {
@@ -220,5 +228,27 @@ func cmdJSONOK(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		ts.Fatalf("stdout holds more than one JSON document")
+	}
+}
+
+// cmdJSONLines runs `jsonlines FILE N`: FILE holds exactly N lines, each one
+// JSON document, as a log of --json runs appended by cron would.
+func cmdJSONLines(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: jsonlines FILE N")
+	}
+	want, err := strconv.Atoi(args[1])
+	if err != nil {
+		ts.Fatalf("jsonlines: %v", err)
+	}
+	lines := strings.Split(strings.TrimSuffix(ts.ReadFile(args[0]), "\n"), "\n")
+	if len(lines) != want {
+		ts.Fatalf("%s has %d lines, want %d", args[0], len(lines), want)
+	}
+	for i, line := range lines {
+		var v any
+		if err := json.Unmarshal([]byte(line), &v); err != nil {
+			ts.Fatalf("%s line %d is not one JSON document: %v", args[0], i+1, err)
+		}
 	}
 }

@@ -233,7 +233,7 @@ func TestStressPullPrune(t *testing.T) {
 		same.Go(func() { e.run("image", "pull", "-q", "--name", "same", host+"/"+stressImages[0]) })
 	}
 	same.Wait()
-	if out := e.run("image", "ls", "--json"); strings.Count(out, `"name": "same"`) != 1 {
+	if out := e.run("image", "ls", "--json"); strings.Count(out, `"name":"same"`) != 1 {
 		t.Errorf("after 8 racing pulls of one name, image ls shows:\n%s\nwant exactly one image named same", out)
 	}
 
