@@ -37,6 +37,8 @@ func TestDocsRecipes(t *testing.T) {
 		t.Fatalf("found %d prune command lines in docs, want at least 4", found)
 	}
 
+	checkWorkflow(t, string(ci))
+
 	units := regexp.MustCompile("(?s)```ini ([a-z-]+\\.(?:service|timer))\n(.*?)```").FindAllStringSubmatch(string(cron), -1)
 	if len(units) != 2 {
 		t.Fatalf("found %d unit files in docs/cron.md, want a service and a timer", len(units))
@@ -68,5 +70,33 @@ func TestDocsRecipes(t *testing.T) {
 	}
 	if err != nil && !strings.Contains(string(out), "banger-prune") {
 		t.Logf("systemd-analyze verify exited %v (host problems only): %s", err, out)
+	}
+}
+
+// checkWorkflow runs actionlint on the GitHub Actions workflow in
+// docs/ci.md, so that it is a workflow GitHub would accept (issue 9 §4).
+func checkWorkflow(t *testing.T, ci string) {
+	t.Helper()
+	m := regexp.MustCompile("(?s)## GitHub Actions.*?```yaml\n(.*?)```").FindStringSubmatch(ci)
+	if m == nil {
+		t.Fatal("docs/ci.md has no GitHub Actions workflow")
+	}
+	actionlint, err := exec.LookPath("actionlint")
+	if err != nil {
+		t.Log("actionlint not installed (go install github.com/rhysd/actionlint/cmd/actionlint@v1.7.12); the workflow in docs/ci.md is not checked")
+		return
+	}
+	dir := filepath.Join(t.TempDir(), ".github", "workflows")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "images.yml")
+	if err := os.WriteFile(path, []byte(m[1]), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// -shellcheck= and -pyflakes= turn off the linters of run: scripts,
+	// which need programs CI may not have; the workflow itself is checked.
+	if out, err := exec.Command(actionlint, "-shellcheck=", "-pyflakes=", path).CombinedOutput(); err != nil {
+		t.Errorf("actionlint on the workflow in docs/ci.md: %v\n%s", err, out)
 	}
 }
