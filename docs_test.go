@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -98,5 +99,47 @@ func checkWorkflow(t *testing.T, ci string) {
 	// which need programs CI may not have; the workflow itself is checked.
 	if out, err := exec.Command(actionlint, "-shellcheck=", "-pyflakes=", path).CombinedOutput(); err != nil {
 		t.Errorf("actionlint on the workflow in docs/ci.md: %v\n%s", err, out)
+	}
+}
+
+// TestReadmeQuickstart runs the README's offline quickstart as written,
+// with the banger under test in place of `go build` and a temp dir in place
+// of /tmp/banger-demo, and checks that it leaves nothing in the shell that
+// ran it: the variables are set for banger's processes only (issue 10 §6).
+func TestReadmeQuickstart(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := regexp.MustCompile("(?m)^go build -o banger \\. && (.*)$").FindSubmatch(readme)
+	if line == nil {
+		t.Fatal("README.md has no quickstart line starting with `go build -o banger . &&`")
+	}
+	e := newBangerEnv(t, "")
+	dir := t.TempDir()
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(wd, "testdata"), filepath.Join(dir, "testdata")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(e.bin, filepath.Join(dir, "banger")); err != nil {
+		t.Fatal(err)
+	}
+	script := strings.ReplaceAll(string(line[1]), "/tmp/banger-demo", filepath.Join(dir, "demo"))
+	// The quickstart must not export anything into the user's shell.
+	cmd := exec.Command("sh", "-c", script+` && echo "after: ${BANGER_CACHE_DIR-unset} ${BANGER_DATA_DIR-unset}"`)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "BANGER_CACHE_DIR=", "BANGER_DATA_DIR=")
+	cmd.Env = slices.DeleteFunc(cmd.Env, func(kv string) bool { return strings.HasPrefix(kv, "BANGER_") })
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("quickstart failed: %v\n%s", err, out)
+	}
+	for _, want := range []string{"pulled hello:1.0", "freed ", "app/run", "after: unset unset"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("quickstart output lacks %q:\n%s", want, out)
+		}
 	}
 }
