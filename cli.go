@@ -322,15 +322,26 @@ func envCommand() *cli.Command {
 		UsageText: "banger env [--json]\n\nExample:\n   banger env\n   BANGER_CACHE_DIR=/tmp/c banger env --json",
 		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag()}),
 		Action: withLayout(0, 0, "no arguments", func(c *cli.Context, l layout.Layout) error {
+			p := openCache(c, l).Paths()
 			if c.Bool("json") {
-				return printJSON(c.App.Writer, l)
+				return printJSON(c.App.Writer, struct {
+					CacheRoot string `json:"cache_root"`
+					CacheDir  string `json:"cache_dir"`
+					BlobsDir  string `json:"blobs_dir"`
+					TmpDir    string `json:"tmp_dir"`
+					LockFile  string `json:"lock_file"`
+					GateFile  string `json:"gate_file"`
+					DataRoot  string `json:"data_root"`
+					ImagesDir string `json:"images_dir"`
+				}{l.CacheRoot, p.Dir, p.Blobs, p.Tmp, p.Lock, p.Gate, l.DataRoot, l.ImagesDir})
 			}
 			for _, kv := range [][2]string{
 				{"BANGER_CACHE_DIR", l.CacheRoot},
-				{"BANGER_OCI_DIR", l.CacheDir},
-				{"BANGER_BLOBS_DIR", l.BlobsDir},
-				{"BANGER_TMP_DIR", l.TmpDir},
-				{"BANGER_LOCK_FILE", l.LockFile},
+				{"BANGER_OCI_DIR", p.Dir},
+				{"BANGER_BLOBS_DIR", p.Blobs},
+				{"BANGER_TMP_DIR", p.Tmp},
+				{"BANGER_LOCK_FILE", p.Lock},
+				{"BANGER_GATE_FILE", p.Gate},
 				{"BANGER_DATA_DIR", l.DataRoot},
 				{"BANGER_IMAGES_DIR", l.ImagesDir},
 			} {
@@ -565,13 +576,9 @@ Example:
 			if err != nil {
 				return err
 			}
-			out := duJSON{CacheDir: l.CacheDir, LeftoverBytes: inv.Leftover.Bytes}
-			for _, b := range inv.Blobs {
-				out.Bytes += b.Size
-				out.Blobs++
-			}
-			if n := len(inv.Blobs); n > 0 {
-				newest, oldest := inv.Blobs[0].LastUse.UTC(), inv.Blobs[n-1].LastUse.UTC()
+			out := duJSON{CacheDir: l.CacheDir, Bytes: inv.Total.Bytes, Blobs: inv.Total.Blobs, LeftoverBytes: inv.Leftover.Bytes}
+			if inv.Total.Blobs > 0 {
+				newest, oldest := inv.NewestUse.UTC(), inv.OldestUse.UTC()
 				out.NewestUse, out.OldestUse = &newest, &oldest
 			}
 			if c.Bool("verbose") {
@@ -647,7 +654,7 @@ Example:
 			if err := needArgs(c, 0, 0, "no arguments"); err != nil {
 				return err
 			}
-			policy, selective, err := parsePolicy(c.String("older-than"), c.String("max-size"))
+			policy, err := parsePolicy(c.String("older-than"), c.String("max-size"))
 			if err != nil {
 				return err
 			}
@@ -657,13 +664,8 @@ Example:
 			}
 			dryRun := c.Bool("dry-run")
 			start := time.Now()
-			var rep cache.Report
-			if selective {
-				rep, err = openCache(c, l).Evict(c.Context, policy, dryRun)
-			} else {
-				rep.Freed, err = openCache(c, l).Prune(c.Context, dryRun)
-			}
-			if rep.Freed == (cache.Tally{}) && rep.Kept == (cache.Tally{}) && err != nil {
+			rep, err := openCache(c, l).Prune(c.Context, policy, dryRun)
+			if err != nil && !rep.Partial {
 				return err
 			}
 			// What was deleted is reported even when some deletion failed;
@@ -676,10 +678,8 @@ Example:
 					DurationMS: time.Since(start).Milliseconds(),
 					Errors:     []string{},
 				}
-				if err != nil {
-					for _, e := range unjoin(err) {
-						out.Errors = append(out.Errors, oneLine(e.Error()))
-					}
+				for _, e := range rep.Errors {
+					out.Errors = append(out.Errors, oneLine(e.Error()))
 				}
 				if jerr := printJSON(c.App.Writer, out); jerr != nil {
 					return jerr
@@ -700,33 +700,25 @@ Example:
 	}
 }
 
-// unjoin splits an errors.Join error into its parts.
-func unjoin(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
-	}
-	return []error{err}
-}
-
-// parsePolicy reads --older-than and --max-size; selective is false when
-// neither is given, which means a full prune.
-func parsePolicy(olderThan, maxSize string) (p cache.Policy, selective bool, err error) {
-	p.MaxSize = -1
+// parsePolicy reads --older-than and --max-size; neither gives the zero
+// Policy, which empties the cache.
+func parsePolicy(olderThan, maxSize string) (cache.Policy, error) {
+	var p cache.Policy
 	if olderThan != "" {
-		if p.OlderThan, err = parseAge(olderThan); err != nil {
-			return p, false, err
+		d, err := parseAge(olderThan)
+		if err != nil {
+			return p, err
 		}
-		selective = true
+		p.OlderThan = d
 	}
 	if maxSize != "" {
 		n, err := humanize.ParseBytes(maxSize)
 		if err != nil || n > math.MaxInt64 {
-			return p, false, usageErr{fmt.Errorf("invalid --max-size %q: want a size such as 20GiB, 500MB or 0", maxSize)}
+			return p, usageErr{fmt.Errorf("invalid --max-size %q: want a size such as 20GiB, 500MB or 0", maxSize)}
 		}
-		p.MaxSize = int64(n)
-		selective = true
+		p.MaxSize, p.HasMaxSize = int64(n), true
 	}
-	return p, selective, nil
+	return p, nil
 }
 
 // parseAge accepts Go durations and whole or fractional days ("7d").

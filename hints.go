@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"io/fs"
+
+	"github.com/banger/banger/cache"
 )
 
 // hint returns what the user can do about err, naming banger's flags and
@@ -11,6 +13,23 @@ import (
 // can be used without it.
 func hint(err error) string {
 	switch {
+	// cache
+	case errors.As(err, new(*cache.LockBusyError)):
+		var busy *cache.LockBusyError
+		errors.As(err, &busy)
+		if busy.NoWait {
+			return "drop --no-wait to wait for it"
+		}
+		return "raise --wait to wait longer"
+	case errors.Is(err, cache.ErrNestedCache):
+		return "point --cache-dir (or $BANGER_CACHE_DIR) at the cache root, the directory that holds oci/"
+	case errors.Is(err, cache.ErrNotCache), errors.Is(err, cache.ErrNotDir):
+		return "move it away or choose another --cache-dir"
+	case errors.Is(err, cache.ErrSymlink):
+		return "point --cache-dir at the real location instead"
+	case errors.Is(err, cache.ErrDamaged):
+		return "run `banger image cache prune` to start afresh"
+	// end of cache
 	case errors.Is(err, fs.ErrPermission):
 		return "it belongs to another user: run banger as its owner (root for /var/cache/banger and /var/lib/banger), or choose your own with --cache-dir/--data-dir"
 	}

@@ -156,12 +156,12 @@ var isLowerHex = func() (t [256]bool) {
 // truncated or altered file, a directory, a symlink) is discarded with a
 // warning and reported as a miss, so that the caller fetches it again.
 func (c *Cache) lookup(ctx context.Context, hexDigest string, b Blob) (*os.File, error) {
-	name := blobsSubdir + "/" + hexDigest
+	name := blobName(hexDigest)
 	var (
 		f    *os.File
 		info fs.FileInfo // the entry itself, never what a symlink points to
 	)
-	err := c.withDir(ctx, func(r *os.Root) error {
+	err := c.withDir(ctx, shared, func(r *os.Root) error {
 		if err := c.repair(r); err != nil {
 			return err
 		}
@@ -190,7 +190,7 @@ func (c *Cache) lookup(ctx context.Context, hexDigest string, b Blob) (*os.File,
 	}
 	if bad != nil {
 		if err := c.discard(ctx, name, info); err != nil {
-			return nil, fmt.Errorf("discarding corrupt blob sha256:%s (%v): %w; run banger prune to empty the cache", hexDigest, bad, err)
+			return nil, fmt.Errorf("discarding corrupt blob sha256:%s (%v): %w: %w", hexDigest, bad, ErrDamaged, err)
 		}
 		c.warn("discarded corrupt cached blob sha256:%s (%v); fetching it again", hexDigest, bad)
 		return nil, nil
@@ -215,7 +215,7 @@ func (c *Cache) touch(ctx context.Context, name string, info fs.FileInfo) {
 	if now.Sub(info.ModTime()) < touchEvery {
 		return
 	}
-	c.withDir(ctx, func(r *os.Root) error {
+	c.withDir(ctx, shared, func(r *os.Root) error {
 		if current, err := r.Lstat(name); err == nil && os.SameFile(current, info) {
 			r.Chtimes(name, now, now)
 		}
@@ -252,7 +252,7 @@ func verifyFile(f *os.File, entry fs.FileInfo, hexDigest string, size int64) err
 // process is left alone. A directory is removed with its contents; a
 // symlink is removed as a link, never followed.
 func (c *Cache) discard(ctx context.Context, name string, opened fs.FileInfo) error {
-	return c.withDir(ctx, func(r *os.Root) error {
+	return c.withDir(ctx, shared, func(r *os.Root) error {
 		current, err := r.Lstat(name)
 		if err != nil || !os.SameFile(opened, current) {
 			return nil
@@ -264,13 +264,23 @@ func (c *Cache) discard(ctx context.Context, name string, opened fs.FileInfo) er
 	})
 }
 
-// withDir runs fn on the current cache directory under the shared lock.
-func (c *Cache) withDir(ctx context.Context, fn func(r *os.Root) error) error {
-	unlock, err := c.lock(ctx, false)
+// withDir runs fn on the current cache directory under the lock in mode.
+// Shared holders are pulls, which need the cache, so it is created when it
+// is missing; an exclusive holder (eviction) creates nothing, and gets a nil
+// r when the cache is not there (its leftovers may still be).
+func (c *Cache) withDir(ctx context.Context, mode lockMode, fn func(r *os.Root) error) error {
+	unlock, err := c.lock(ctx, mode)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	if mode == exclusive {
+		if ok, err := c.exists(); err != nil {
+			return err
+		} else if !ok {
+			return fn(nil)
+		}
+	}
 	r, err := c.openDir()
 	if err != nil {
 		return err
@@ -283,12 +293,12 @@ func (c *Cache) withDir(ctx context.Context, fn func(r *os.Root) error) error {
 // returns a read-only descriptor of the published file; on error it removes
 // the temp file and takes back the bytes it reported to Progress.
 func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.File, err error) {
-	tmpName := tmpSubdir + "/" + hexDigest + "." + randomSuffix() + ".partial"
+	tmpName := tempName(hexDigest)
 	var (
 		tmp, reader *os.File
 		opened      fs.FileInfo
 	)
-	err = c.withDir(ctx, func(r *os.Root) error {
+	err = c.withDir(ctx, shared, func(r *os.Root) error {
 		var err error
 		tmp, err = r.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
 		if err != nil {
@@ -396,8 +406,8 @@ func sizeWord(n, want int64) string {
 // moved the cache away meanwhile (the temp file is then in the aside, and the
 // blob is used without being cached).
 func (c *Cache) publish(ctx context.Context, tmpName string, opened fs.FileInfo, hexDigest string) error {
-	final := blobsSubdir + "/" + hexDigest
-	return c.withDir(ctx, func(r *os.Root) error {
+	final := blobName(hexDigest)
+	return c.withDir(ctx, shared, func(r *os.Root) error {
 		current, err := r.Lstat(tmpName)
 		if err != nil || !os.SameFile(opened, current) {
 			return nil

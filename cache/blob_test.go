@@ -689,7 +689,7 @@ func TestPruneDuringFetch(t *testing.T) {
 				done <- result{b, err}
 			}()
 			<-g.reached
-			tally, err := c.Prune(t.Context(), false)
+			tally, err := pruneAll(t.Context(), c, false)
 			if err != nil {
 				t.Fatalf("Prune during Fetch error: %v", err)
 			}
@@ -755,7 +755,7 @@ func TestUsageDuringFetches(t *testing.T) {
 					running = false
 				default:
 				}
-				u, err := c.Usage(t.Context())
+				u, err := usageOf(t.Context(), c)
 				if err != nil {
 					t.Fatalf("Usage during fetches error: %v", err)
 				}
@@ -769,7 +769,7 @@ func TestUsageDuringFetches(t *testing.T) {
 				want.Bytes += int64(tt.size + i)
 				want.Blobs++
 			}
-			if u, err := c.Usage(t.Context()); err != nil || u != want {
+			if u, err := usageOf(t.Context(), c); err != nil || u != want {
 				t.Errorf("Usage after fetches = %+v, %v; want %+v", u, err, want)
 			}
 		})

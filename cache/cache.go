@@ -3,13 +3,18 @@
 // does not download it again. The cache is purely re-pull avoidance; emptying
 // it never breaks a flattened image.
 //
-// Use New to get a Cache, Fetch to read a blob through it, Usage to measure it
-// and Prune to empty it. Every method that touches the cache namespace takes
-// the advisory lock file (flock(2)) for as short a time as it can: pulls share
-// it only around opening, creating and publishing files, and keep the files
-// they use open, so prune's exclusive lock waits for milliseconds, not for
-// whole downloads, and a pull survives a prune that renames the cache away
-// underneath it.
+// Use New to get a Cache, Fetch to read a blob through it, Inventory to see
+// what it holds and Prune to empty it or evict blobs by a Policy; Paths says
+// where it keeps its files. Every method that touches the cache namespace
+// takes the advisory lock file (flock(2)) for as short a time as it can:
+// pulls share it only around opening, creating and publishing files, and
+// keep the files they use open, so prune's exclusive lock waits for
+// milliseconds, not for whole downloads, and a pull survives a prune that
+// renames the cache away underneath it.
+//
+// The package owns every name inside the cache directory (blobs/sha256/<hex>,
+// tmp/, the tag, the .pruning- and .creating- siblings) and the gate file
+// beside the lock; callers choose only the directory and the lock file.
 package cache
 
 import (
@@ -34,8 +39,15 @@ const (
 	tagSignature = "Signature: 8a477f597d28d172789f06886806bc55"
 	tagContent   = tagSignature + "\n# This file is a cache directory tag created by banger.\n# For information about cache directory tags see https://bford.info/cachedir/\n"
 
-	blobsSubdir = "blobs/sha256"
+	// blobsParent/blobsLeaf is where verified blobs live, named by their
+	// hex digest (blobName); tmpSubdir holds blobs being written (tempName).
+	blobsParent = "blobs"
+	blobsLeaf   = "sha256"
+	blobsSubdir = blobsParent + "/" + blobsLeaf
 	tmpSubdir   = "tmp"
+
+	// gateSuffix names the gate file beside the lock file (see lock).
+	gateSuffix = ".gate"
 
 	// asidePrefix names a cache directory renamed away by prune and
 	// creatingPrefix one being assembled; both are siblings of the cache
@@ -47,13 +59,35 @@ const (
 	filePerm = 0o644
 )
 
+// blobName is the one place that knows a blob's name inside the cache
+// directory.
+func blobName(hexDigest string) string { return blobsSubdir + "/" + hexDigest }
+
+// tempName names a new temp file for a blob inside the cache directory.
+func tempName(hexDigest string) string {
+	return tmpSubdir + "/" + hexDigest + "." + randomSuffix() + ".partial"
+}
+
 var (
-	// ErrLockBusy is returned when the cache lock could not be taken within
-	// the allowed wait.
+	// ErrLockBusy is returned (as a *LockBusyError) when the cache lock
+	// could not be taken within the allowed wait.
 	ErrLockBusy = errors.New("cache lock is busy")
 	// ErrNotCache is returned when the cache directory exists but lacks
 	// banger's CACHEDIR.TAG: it may hold someone else's files.
 	ErrNotCache = errors.New("directory is not a banger cache (no CACHEDIR.TAG)")
+	// ErrNotDir is returned when the cache directory's path holds something
+	// other than a directory.
+	ErrNotDir = errors.New("not a directory")
+	// ErrSymlink is returned when the cache directory is a symlink, which
+	// banger will not rename or empty through.
+	ErrSymlink = errors.New("is a symlink")
+	// ErrNestedCache is returned when the cache root is itself a cache
+	// directory: the caller passed <root>/oci where <root> was meant.
+	ErrNestedCache = errors.New("is itself a banger cache directory (oci/), not a cache root")
+	// ErrDamaged is returned when the cache could not repair itself (a
+	// lost subdirectory, a corrupt blob it could not remove); emptying the
+	// cache starts afresh.
+	ErrDamaged = errors.New("cache is damaged")
 	// ErrDigestMismatch is returned when a blob's content does not match its
 	// descriptor.
 	ErrDigestMismatch = errors.New("content does not match digest")
@@ -94,8 +128,9 @@ type Cache struct {
 	now func() time.Time
 }
 
-// New returns the cache kept in dir, locked through lockPath. It touches no
-// files: the cache is created by the first Fetch.
+// New returns the cache kept in dir, locked through lockPath, which must be
+// outside dir (prune renames dir) and beside it on one filesystem. It
+// touches no files: the cache is created by the first Fetch.
 func New(dir, lockPath string, opts Options) *Cache {
 	return &Cache{
 		dir:         filepath.Clean(dir),
@@ -107,8 +142,28 @@ func New(dir, lockPath string, opts Options) *Cache {
 	}
 }
 
-// Dir returns the cache directory.
-func (c *Cache) Dir() string { return c.dir }
+// Paths are the files and directories a Cache uses, for showing to a user
+// (banger env); nothing but the cache itself should create or change them.
+type Paths struct {
+	Dir   string // the cache directory, which prune empties
+	Blobs string // verified blobs, named by their sha256 in hex
+	Tmp   string // blobs being written
+	Lock  string // the lock file
+	Gate  string // the gate every lock taker passes first
+}
+
+// Paths returns where c keeps its files.
+func (c *Cache) Paths() Paths {
+	return Paths{
+		Dir:   c.dir,
+		Blobs: filepath.Join(c.dir, blobsParent, blobsLeaf),
+		Tmp:   filepath.Join(c.dir, tmpSubdir),
+		Lock:  c.lockPath,
+		Gate:  c.gatePath(),
+	}
+}
+
+func (c *Cache) gatePath() string { return c.lockPath + gateSuffix }
 
 func (c *Cache) parent() string { return filepath.Dir(c.dir) }
 
@@ -118,17 +173,36 @@ func (c *Cache) warn(format string, args ...any) {
 	}
 }
 
+// exists is the one check of the cache directory every operation makes: it
+// reports whether the cache is there, false with a nil error when it is not,
+// and an error when something else is there (checkDir) or when the cache root
+// is itself a cache directory.
+func (c *Cache) exists() (bool, error) {
+	err := c.checkDir()
+	if errors.Is(err, fs.ErrNotExist) {
+		// Only when oci/ is missing: a cache root that holds a tag of its
+		// own is the oci/ of another root, named where its parent was meant.
+		if tagged(c.parent()) {
+			return false, fmt.Errorf("cache root %s %w (the cache directory of cache root %s)", c.parent(), ErrNestedCache, filepath.Dir(c.parent()))
+		}
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // openDir opens the cache directory as an os.Root, creating it complete with
 // its tag when it does not exist. The caller must hold the lock, shared or
 // exclusive. Every open goes through the current directory entry, so a prune
 // that renamed the cache aside is seen by the next call.
 func (c *Cache) openDir() (*os.Root, error) {
-	if err := c.checkDir(); errors.Is(err, fs.ErrNotExist) {
+	ok, err := c.exists()
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
 		if err := c.create(); err != nil {
 			return nil, err
 		}
-	} else if err != nil {
-		return nil, err
 	}
 	r, err := os.OpenRoot(c.dir)
 	if err != nil {
@@ -144,7 +218,7 @@ func (c *Cache) openDir() (*os.Root, error) {
 func (c *Cache) repair(r *os.Root) error {
 	for _, sub := range []string{blobsSubdir, tmpSubdir} {
 		if err := r.MkdirAll(sub, dirPerm); err != nil {
-			return fmt.Errorf("repairing cache %s: %w; run banger prune to start afresh", c.dir, err)
+			return fmt.Errorf("repairing cache %s: %w: %w", c.dir, ErrDamaged, err)
 		}
 	}
 	return nil
@@ -159,22 +233,27 @@ func (c *Cache) checkDir() error {
 	}
 	if info.Mode()&fs.ModeSymlink != 0 {
 		target, _ := filepath.EvalSymlinks(c.dir)
-		return fmt.Errorf("cache %s is a symlink (to %s): banger will not rename or empty a directory through a link; point --cache-dir at the real location instead", c.dir, target)
+		return fmt.Errorf("cache %s %w (to %s): banger will not rename or empty a directory through a link", c.dir, ErrSymlink, target)
 	}
 	if !info.IsDir() {
-		return fmt.Errorf("cache %s is not a directory; move it away or choose another --cache-dir", c.dir)
+		return fmt.Errorf("cache %s: %w", c.dir, ErrNotDir)
 	}
-	// The tag must be a regular file of its own: a symlink to another
-	// cache's tag would make any directory look like banger's to delete.
-	tagPath := filepath.Join(c.dir, tagName)
+	if !tagged(c.dir) {
+		return fmt.Errorf("cache %s: %w; refusing to touch it", c.dir, ErrNotCache)
+	}
+	return nil
+}
+
+// tagged reports whether dir holds banger's tag. The tag must be a regular
+// file of its own: a symlink to another cache's tag would make any
+// directory look like banger's to delete.
+func tagged(dir string) bool {
+	tagPath := filepath.Join(dir, tagName)
 	var tag []byte
 	if info, err := os.Lstat(tagPath); err == nil && info.Mode().IsRegular() {
 		tag, _ = os.ReadFile(tagPath)
 	}
-	if !bytes.HasPrefix(tag, []byte(tagSignature)) {
-		return fmt.Errorf("cache %s: %w; refusing to touch it: move it away or choose another --cache-dir", c.dir, ErrNotCache)
-	}
-	return nil
+	return bytes.HasPrefix(tag, []byte(tagSignature))
 }
 
 // create builds a complete, empty cache in a sibling directory and renames

@@ -34,7 +34,7 @@ func newTestCache(t *testing.T, opts Options) *Cache {
 // initCache creates c's directory the way a first pull does.
 func initCache(t *testing.T, c *Cache) {
 	t.Helper()
-	if err := c.withDir(t.Context(), func(*os.Root) error { return nil }); err != nil {
+	if err := c.withDir(t.Context(), shared, func(*os.Root) error { return nil }); err != nil {
 		t.Fatalf("creating cache: %v", err)
 	}
 }
@@ -366,14 +366,14 @@ func TestPermissions(t *testing.T) {
 		}},
 		{"after prune", func(t *testing.T, c *Cache) {
 			mustFetch(t, c, content(1, 1000))
-			if _, err := c.Prune(t.Context(), false); err != nil {
+			if _, err := pruneAll(t.Context(), c, false); err != nil {
 				t.Fatal(err)
 			}
 		}},
 		{"after usage", func(t *testing.T, c *Cache) {
 			mustFetch(t, c, content(1, 1000))
 			os.Remove(c.lockPath)
-			if _, err := c.Usage(t.Context()); err != nil {
+			if _, err := usageOf(t.Context(), c); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -439,4 +439,16 @@ func TestRepairsMissingSubdirs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pruneAll empties c through Prune's zero Policy and returns what it freed.
+func pruneAll(ctx context.Context, c *Cache, dryRun bool) (Tally, error) {
+	rep, err := c.Prune(ctx, Policy{}, dryRun)
+	return rep.Freed, err
+}
+
+// usageOf measures c as a full dry run does.
+func usageOf(ctx context.Context, c *Cache) (Tally, error) {
+	t, errs := c.usage(ctx)
+	return t, errors.Join(errs...)
 }

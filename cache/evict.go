@@ -15,28 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Policy selects the blobs a selective prune evicts. A blob goes if either
-// rule says so.
-type Policy struct {
-	// OlderThan evicts blobs not used (written or read by a pull) within
-	// this duration; 0 disables the rule.
-	OlderThan time.Duration
-	// MaxSize evicts least recently used blobs until the blobs kept total at
-	// most this many bytes; a negative value disables the rule.
-	MaxSize int64
-}
-
-// Report is the outcome of a selective prune.
-type Report struct {
-	// Freed counts the evicted blobs plus abandoned temp files and leftover
-	// asides.
-	Freed Tally
-	// Kept counts the blobs left in the cache.
-	Kept Tally
-	// Errors lists deletions that failed; what was deleted is still counted.
-	Errors []error
-}
-
 // BlobInfo describes one cached blob.
 type BlobInfo struct {
 	Digest  string    `json:"digest"`
@@ -48,19 +26,26 @@ type BlobInfo struct {
 type Inventory struct {
 	// Blobs is sorted most recently used first.
 	Blobs []BlobInfo
+	// Total counts the blobs.
+	Total Tally
+	// OldestUse and NewestUse are the least and the most recent last use
+	// of a blob; zero when there are none.
+	OldestUse, NewestUse time.Time
 	// Leftover counts temp files and the contents of asides left by
 	// interrupted pulls and prunes: bytes a prune frees besides blobs.
 	Leftover Tally
 }
 
-// Inventory lists the cache's blobs with their sizes and last use, under the
-// shared lock, changing nothing. A cache that does not exist is empty.
+// Inventory lists the cache's blobs with their sizes and last use, and the
+// leftovers a prune would also remove, under the shared lock, changing
+// nothing. A cache that does not exist is empty. It is safe to run
+// concurrently with Fetch and Prune.
 func (c *Cache) Inventory(ctx context.Context) (Inventory, error) {
 	var inv Inventory
-	if c.absent() {
-		return inv, nil
+	if absent, err := c.absent(); err != nil || absent {
+		return inv, err
 	}
-	unlock, err := c.lock(ctx, false)
+	unlock, err := c.lock(ctx, shared)
 	if err != nil {
 		return inv, err
 	}
@@ -68,34 +53,30 @@ func (c *Cache) Inventory(ctx context.Context) (Inventory, error) {
 	if inv.Blobs, err = c.listBlobs(ctx); err != nil {
 		return inv, err
 	}
-	temps, err := c.listTemps(false)
+	for _, b := range inv.Blobs {
+		inv.Total.add(Tally{Bytes: b.Size, Blobs: 1})
+	}
+	if n := len(inv.Blobs); n > 0 {
+		inv.NewestUse, inv.OldestUse = inv.Blobs[0].LastUse, inv.Blobs[n-1].LastUse
+	}
+	temps, _, err := c.sweepTemps(nil, false)
 	if err != nil {
 		return inv, err
 	}
-	for _, t := range temps {
-		inv.Leftover.Bytes += t.size
-	}
+	inv.Leftover.Bytes += temps
 	leftovers, err := c.leftovers()
 	if err != nil {
 		return inv, err
 	}
-	for _, d := range leftovers {
-		t, err := walk(ctx, c.parent(), d, false)
-		if err != nil {
-			return inv, err
-		}
-		inv.Leftover.add(t)
-	}
-	return inv, nil
+	t, errs := c.sweep(ctx, leftovers, false)
+	inv.Leftover.add(t)
+	return inv, errors.Join(errs...)
 }
 
 // listBlobs lists blobs/sha256, most recently used first. The caller holds
 // the lock.
 func (c *Cache) listBlobs(ctx context.Context) ([]BlobInfo, error) {
-	switch err := c.checkDir(); {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil, nil
-	case err != nil:
+	if ok, err := c.exists(); err != nil || !ok {
 		return nil, err
 	}
 	blobs, err := listBlobsIn(ctx, c.dir)
@@ -137,36 +118,38 @@ func sortByUse(blobs []BlobInfo) []BlobInfo {
 	return sorted
 }
 
-type tempFile struct {
-	name      string
-	size      int64
-	abandoned bool
-}
-
-// listTemps lists tmp/. With probe it tells abandoned temp files (their
-// writer's flock can be taken) from ones still being written.
-func (c *Cache) listTemps(probe bool) ([]tempFile, error) {
+// sweepTemps tallies the files in tmp/ (with abandonedOnly, only those whose
+// writer died: its flock can be taken) and, with r set, removes them through
+// r. The caller holds the lock, exclusive when it removes. It returns the
+// bytes counted (removed), the removals that failed, and a failure to list.
+func (c *Cache) sweepTemps(r *os.Root, abandonedOnly bool) (int64, []error, error) {
 	entries, err := os.ReadDir(c.dir + "/" + tmpSubdir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return 0, nil, nil
 	} else if err != nil {
-		return nil, fmt.Errorf("listing temp files: %w", err)
+		return 0, nil, fmt.Errorf("listing temp files: %w", err)
 	}
-	var temps []tempFile
+	var bytes int64
+	var errs []error
 	for _, e := range entries {
 		info, err := e.Info()
 		if err != nil {
 			continue
 		}
-		t := tempFile{name: e.Name(), size: info.Size()}
-		if probe && e.Type().IsRegular() {
-			t.abandoned = !lockedByWriter(c.dir + "/" + tmpSubdir + "/" + e.Name())
-		} else if probe {
-			t.abandoned = true // not a file banger writes
+		// What is not a regular file is not a temp file banger writes:
+		// abandoned.
+		if abandonedOnly && e.Type().IsRegular() && lockedByWriter(c.dir+"/"+tmpSubdir+"/"+e.Name()) {
+			continue
 		}
-		temps = append(temps, t)
+		if r != nil {
+			if err := r.RemoveAll(tmpSubdir + "/" + e.Name()); err != nil {
+				errs = append(errs, fmt.Errorf("removing temp file %s: %w", e.Name(), err))
+				continue
+			}
+		}
+		bytes += info.Size()
 	}
-	return temps, nil
+	return bytes, errs, nil
 }
 
 // lockedByWriter reports whether a live writer holds the temp file's flock.
@@ -183,16 +166,22 @@ func lockedByWriter(path string) bool {
 }
 
 // plan splits blobs (most recently used first) into those to keep and
-// those to evict under policy p.
+// those to evict under policy p at time now.
+//
+// A blob's recorded last use lags its real one by up to touchEvery (a hit
+// updates the mtime at most hourly), so the age rule allows for that lag, as
+// Go's build cache Trim does: a blob goes only when its recorded use is
+// older than OlderThan plus touchEvery, and a blob used less than OlderThan
+// ago is never evicted by age.
 func plan(blobs []BlobInfo, p Policy, now time.Time) (keep, evict []BlobInfo) {
 	var kept int64
 	full := false
 	for _, b := range blobs {
-		tooOld := p.OlderThan > 0 && now.Sub(b.LastUse) > p.OlderThan
+		tooOld := p.OlderThan > 0 && now.Sub(b.LastUse) > p.OlderThan+touchEvery
 		// Walking from the most recent, the first blob that would take the
 		// total over MaxSize goes, and so does every older one: least
 		// recently used first, as the policy promises.
-		if !tooOld && p.MaxSize >= 0 && kept+b.Size > p.MaxSize {
+		if !tooOld && p.HasMaxSize && kept+b.Size > p.MaxSize {
 			full = true
 		}
 		if tooOld || full {
@@ -209,151 +198,103 @@ func plan(blobs []BlobInfo, p Policy, now time.Time) (keep, evict []BlobInfo) {
 // lock, so that pulls get in between batches on a large eviction.
 const evictBatch = 256
 
-// Evict removes the blobs that policy p selects, oldest use first, plus
-// abandoned temp files and leftover asides, and reports what it freed and
-// kept. With dryRun it plans the same way and changes nothing.
-//
-// The plan is made under the shared lock; the removals happen under the
-// exclusive lock in batches, and each blob is checked again before it goes:
-// one used since the plan was made is kept. A pull that already opened a
-// blob keeps reading it; one that looks it up after it is gone fetches it
-// again.
-func (c *Cache) Evict(ctx context.Context, p Policy, dryRun bool) (Report, error) {
-	var rep Report
-	if c.absent() {
-		return rep, nil
-	}
+// evict removes the blobs that policy p selects, oldest use first, plus
+// abandoned temp files and leftover asides, recording in rep what it freed
+// and kept. With dryRun it plans the same way and changes nothing. See Prune.
+func (c *Cache) evict(ctx context.Context, p Policy, dryRun bool, rep *Report) {
 	now := c.now()
-	unlock, err := c.lock(ctx, false)
+	unlock, err := c.lock(ctx, shared)
 	if err != nil {
-		return rep, err
+		rep.fail(err)
+		return
 	}
 	blobs, err := c.listBlobs(ctx)
 	unlock()
 	if err != nil {
-		return rep, err
+		rep.fail(err)
+		return
 	}
 	keep, evict := plan(blobs, p, now)
 	for _, b := range keep {
 		rep.Kept.add(Tally{Bytes: b.Size, Blobs: 1})
 	}
+	var leftovers []string
 	if dryRun {
 		for _, b := range evict {
 			rep.Freed.add(Tally{Bytes: b.Size, Blobs: 1})
 		}
-		garbage, err := c.garbage(ctx)
-		rep.Freed.Bytes += garbage
-		return rep, err
+		unlock, err := c.lock(ctx, shared)
+		if err != nil {
+			rep.fail(err)
+			return
+		}
+		leftovers = c.garbage(nil, rep)
+		unlock()
 	}
-
-	var leftovers []string
-	for start := 0; start == 0 || start < len(evict); start += evictBatch {
+	for start := 0; !dryRun && (start == 0 || start < len(evict)); start += evictBatch {
 		batch := evict[start:min(start+evictBatch, len(evict))]
 		last := start+evictBatch >= len(evict)
-		err := c.withExclusiveDir(ctx, func(r *os.Root) error {
-			for _, b := range batch {
-				name := blobsSubdir + "/" + strings.TrimPrefix(b.Digest, "sha256:")
-				info, err := r.Lstat(name)
-				if errors.Is(err, fs.ErrNotExist) {
-					continue // removed by someone else
-				}
-				if err == nil && info.ModTime().After(b.LastUse) {
-					rep.Kept.add(Tally{Bytes: info.Size(), Blobs: 1}) // used since the plan
-					continue
-				}
-				if err == nil {
-					err = r.Remove(name)
-				}
-				if err != nil {
-					rep.Errors = append(rep.Errors, fmt.Errorf("removing blob %s: %w", b.Digest, err))
-					continue
-				}
-				rep.Freed.add(Tally{Bytes: info.Size(), Blobs: 1})
+		err := c.withDir(ctx, exclusive, func(r *os.Root) error {
+			c.removeBlobs(r, batch, rep)
+			if last {
+				leftovers = c.garbage(r, rep)
 			}
-			if !last {
-				return nil
-			}
-			temps, err := c.listTemps(true)
-			if err != nil {
-				return err
-			}
-			for _, t := range temps {
-				if !t.abandoned {
-					continue
-				}
-				if err := r.RemoveAll(tmpSubdir + "/" + t.name); err != nil {
-					rep.Errors = append(rep.Errors, fmt.Errorf("removing temp file %s: %w", t.name, err))
-					continue
-				}
-				rep.Freed.Bytes += t.size
-			}
-			// Listed under the lock, as renameAside does: a staging
-			// directory seen while no pull holds the lock is a leftover.
-			leftovers, err = c.leftovers()
-			return err
+			return nil
 		})
 		if err != nil {
-			return rep, err
+			rep.fail(err)
+			return
 		}
 	}
-	for _, d := range leftovers {
-		t, err := walk(ctx, c.parent(), d, true)
-		rep.Freed.add(t)
+	t, errs := c.sweep(ctx, leftovers, !dryRun)
+	rep.Freed.add(t)
+	rep.Errors = append(rep.Errors, errs...)
+}
+
+// removeBlobs removes the planned blobs through r, under the exclusive lock,
+// keeping each one used since the plan. A nil r is a cache gone since the
+// plan: nothing to remove.
+func (c *Cache) removeBlobs(r *os.Root, batch []BlobInfo, rep *Report) {
+	if r == nil {
+		return
+	}
+	for _, b := range batch {
+		name := blobName(strings.TrimPrefix(b.Digest, "sha256:"))
+		info, err := r.Lstat(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed by someone else
+		}
+		if err == nil && info.ModTime().After(b.LastUse) {
+			rep.Kept.add(Tally{Bytes: info.Size(), Blobs: 1}) // used since the plan
+			continue
+		}
+		if err == nil {
+			err = r.Remove(name)
+		}
 		if err != nil {
-			rep.Errors = append(rep.Errors, err)
+			rep.Errors = append(rep.Errors, fmt.Errorf("removing blob %s: %w", b.Digest, err))
+			continue
 		}
+		rep.Freed.add(Tally{Bytes: info.Size(), Blobs: 1})
 	}
-	return rep, errors.Join(rep.Errors...)
 }
 
-// withExclusiveDir runs fn on the cache directory under the exclusive lock.
-func (c *Cache) withExclusiveDir(ctx context.Context, fn func(r *os.Root) error) error {
-	unlock, err := c.lock(ctx, true)
+// garbage counts into rep, and with r set removes through r, the abandoned
+// temp files, and returns the leftover asides for the caller to tally (and
+// delete) with sweep once it released the lock: nothing but prune ever
+// looks at an aside. The caller holds the lock, exclusive when r is set;
+// the leftovers are listed under it, as renameAside does: a staging
+// directory seen while no pull holds the lock is a leftover. A dry run and
+// a real run call this one function, so they count the same things.
+func (c *Cache) garbage(r *os.Root, rep *Report) []string {
+	bytes, errs, err := c.sweepTemps(r, true)
+	rep.Freed.Bytes += bytes
+	rep.Errors = append(rep.Errors, errs...)
 	if err != nil {
-		return err
-	}
-	defer unlock()
-	if err := c.checkDir(); errors.Is(err, fs.ErrNotExist) {
+		rep.fail(err)
 		return nil
-	} else if err != nil {
-		return err
-	}
-	r, err := os.OpenRoot(c.dir)
-	if err != nil {
-		return fmt.Errorf("opening cache %s: %w", c.dir, err)
-	}
-	defer r.Close()
-	return fn(r)
-}
-
-// garbage measures what an eviction frees besides blobs: abandoned temp
-// files and leftover asides.
-func (c *Cache) garbage(ctx context.Context) (int64, error) {
-	unlock, err := c.lock(ctx, false)
-	if err != nil {
-		return 0, err
-	}
-	defer unlock()
-	var bytes int64
-	temps, err := c.listTemps(true)
-	if err != nil {
-		return 0, err
-	}
-	for _, t := range temps {
-		if t.abandoned {
-			bytes += t.size
-		}
 	}
 	leftovers, err := c.leftovers()
-	if err != nil {
-		return bytes, err
-	}
-	for _, d := range leftovers {
-		t, err := walk(ctx, c.parent(), d, false)
-		bytes += t.Bytes
-		if err != nil {
-			return bytes, err
-		}
-	}
-	return bytes, nil
+	rep.fail(err)
+	return leftovers
 }

@@ -40,25 +40,26 @@ const (
 // Each call opens its own file descriptions, so goroutines of one process
 // can hold shared locks independently. A lock held by a process that died is
 // released by the kernel with its file descriptors: there are no stale locks.
-func (c *Cache) lock(ctx context.Context, exclusive bool) (unlock func(), err error) {
+func (c *Cache) lock(ctx context.Context, mode lockMode) (unlock func(), err error) {
+	excl := mode == exclusive
 	if err := os.MkdirAll(filepath.Dir(c.lockPath), dirPerm); err != nil {
 		return nil, fmt.Errorf("creating lock directory: %w", err)
 	}
 	w := &waiter{c: c, start: time.Now()}
-	gate, err := w.acquire(ctx, c.lockPath+gateSuffix, true)
-	if err != nil && !(errors.Is(err, fs.ErrPermission) && !exclusive) {
+	gate, err := w.acquire(ctx, c.gatePath(), true)
+	if err != nil && !(errors.Is(err, fs.ErrPermission) && !excl) {
 		return nil, err
 	}
 	// A reader of a system cache who may not create the gate file still
 	// measures it; it just does not queue behind a waiting prune.
-	main, err := w.acquire(ctx, c.lockPath, exclusive)
+	main, err := w.acquire(ctx, c.lockPath, excl)
 	if err != nil {
 		if gate != nil {
 			gate.Close()
 		}
 		return nil, err
 	}
-	if !exclusive && gate != nil {
+	if !excl && gate != nil {
 		gate.Close()
 		gate = nil
 	}
@@ -70,8 +71,33 @@ func (c *Cache) lock(ctx context.Context, exclusive bool) (unlock func(), err er
 	}, nil
 }
 
-// gateSuffix names the gate file beside the lock file.
-const gateSuffix = ".gate"
+// lockMode says how a caller takes the cache lock.
+type lockMode int
+
+const (
+	// shared is for pulls and measurements: many at once.
+	shared lockMode = iota
+	// exclusive is for prune: it alone.
+	exclusive
+)
+
+// LockBusyError is the error (matching ErrLockBusy) of a lock that was
+// still held by another process when the wait allowed by Options ran out.
+type LockBusyError struct {
+	Path   string        // the lock file
+	NoWait bool          // Options.NoWait was set: no wait at all
+	Waited time.Duration // how long it waited
+}
+
+func (e *LockBusyError) Error() string {
+	if e.NoWait {
+		return fmt.Sprintf("%v: %s is held by another banger process; retry later", ErrLockBusy, e.Path)
+	}
+	return fmt.Sprintf("%v: %s is held by another banger process (waited %s); retry later", ErrLockBusy, e.Path, e.Waited.Round(time.Millisecond))
+}
+
+// Is makes errors.Is(err, ErrLockBusy) hold.
+func (e *LockBusyError) Is(target error) bool { return target == ErrLockBusy }
 
 // waiter shares one wait budget and one notice between the locks of one
 // lock call.
@@ -104,10 +130,7 @@ func (w *waiter) acquire(ctx context.Context, path string, exclusive bool) (*flo
 		waited := time.Since(w.start)
 		if c.opts.NoWait || (c.opts.Wait > 0 && waited >= c.opts.Wait) {
 			fl.Close()
-			if c.opts.NoWait {
-				return nil, fmt.Errorf("%w: %s is held by another banger process; retry later, or drop --no-wait to wait for it", ErrLockBusy, c.lockPath)
-			}
-			return nil, fmt.Errorf("%w: %s is held by another banger process (waited %s); retry later or raise --wait", ErrLockBusy, c.lockPath, waited.Round(time.Millisecond))
+			return nil, &LockBusyError{Path: c.lockPath, NoWait: c.opts.NoWait, Waited: waited}
 		}
 		if !w.noticed && waited >= c.noticeAfter && c.opts.Notice != nil {
 			w.noticed = true

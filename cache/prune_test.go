@@ -122,16 +122,16 @@ func TestPrune(t *testing.T) {
 			before := snapshot(t, c.parent(), "oci.lock", "oci.lock.gate")
 
 			// A dry run measures and changes nothing.
-			got, err := c.Prune(t.Context(), true)
+			got, err := pruneAll(t.Context(), c, true)
 			if err != nil || got != want {
 				t.Errorf("Prune(dry run) = %+v, %v; want %+v", got, err, want)
 			}
 			checkSame(t, "after dry run", before, snapshot(t, c.parent(), "oci.lock", "oci.lock.gate"))
-			if got, err := c.Usage(t.Context()); err != nil || got != want {
+			if got, err := usageOf(t.Context(), c); err != nil || got != want {
 				t.Errorf("Usage() = %+v, %v; want %+v", got, err, want)
 			}
 
-			got, err = c.Prune(t.Context(), false)
+			got, err = pruneAll(t.Context(), c, false)
 			if err != nil || got != want {
 				t.Errorf("Prune() = %+v, %v; want %+v", got, err, want)
 			}
@@ -149,10 +149,10 @@ func TestPrune(t *testing.T) {
 				}
 			}
 
-			if got, err := c.Prune(t.Context(), false); err != nil || got != (Tally{}) {
+			if got, err := pruneAll(t.Context(), c, false); err != nil || got != (Tally{}) {
 				t.Errorf("second Prune() = %+v, %v; want 0 B", got, err)
 			}
-			if got, err := c.Prune(t.Context(), true); err != nil || got != (Tally{}) {
+			if got, err := pruneAll(t.Context(), c, true); err != nil || got != (Tally{}) {
 				t.Errorf("Prune(dry run) after prune = %+v, %v; want 0 B", got, err)
 			}
 		})
@@ -183,14 +183,14 @@ func TestPruneAbsent(t *testing.T) {
 				tt.setup(t, c.parent())
 				top := filepath.Dir(c.parent())
 				before := snapshot(t, top)
-				got, err := c.Prune(t.Context(), dryRun)
+				got, err := pruneAll(t.Context(), c, dryRun)
 				if err != nil || got != (Tally{}) {
 					t.Errorf("Prune(%v) of an absent cache = %+v, %v; want 0 B, nil", dryRun, got, err)
 				}
 				if dryRun {
 					checkSame(t, "after dry run", before, snapshot(t, top))
 				}
-				if got, err := c.Usage(t.Context()); err != nil || got != (Tally{}) {
+				if got, err := usageOf(t.Context(), c); err != nil || got != (Tally{}) {
 					t.Errorf("Usage() of an absent cache = %+v, %v; want 0 B, nil", got, err)
 				}
 			})
@@ -207,7 +207,7 @@ func TestPruneRefuses(t *testing.T) {
 		wantErr error // nil: any error
 		wantMsg string
 	}{
-		{name: "no tag", wantErr: ErrNotCache, wantMsg: "--cache-dir", setup: func(t *testing.T, c *Cache, _ string) {
+		{name: "no tag", wantErr: ErrNotCache, wantMsg: "refusing to touch it", setup: func(t *testing.T, c *Cache, _ string) {
 			writeFile(t, filepath.Join(c.dir, "precious", "thesis.tex"), []byte("years of work"))
 			writeFile(t, filepath.Join(c.dir, blobsSubdir, hexOf([]byte("x"))), []byte("x"))
 		}},
@@ -246,9 +246,9 @@ func TestPruneRefuses(t *testing.T) {
 		name string
 		run  func(t *testing.T, c *Cache) error
 	}{
-		{"prune", func(t *testing.T, c *Cache) error { _, err := c.Prune(t.Context(), false); return err }},
-		{"dry run", func(t *testing.T, c *Cache) error { _, err := c.Prune(t.Context(), true); return err }},
-		{"usage", func(t *testing.T, c *Cache) error { _, err := c.Usage(t.Context()); return err }},
+		{"prune", func(t *testing.T, c *Cache) error { _, err := pruneAll(t.Context(), c, false); return err }},
+		{"dry run", func(t *testing.T, c *Cache) error { _, err := pruneAll(t.Context(), c, true); return err }},
+		{"usage", func(t *testing.T, c *Cache) error { _, err := usageOf(t.Context(), c); return err }},
 		{"fetch", func(t *testing.T, c *Cache) error {
 			f, err := c.Fetch(t.Context(), blobOf([]byte("x"), nil))
 			if f != nil {
@@ -320,7 +320,7 @@ func TestPruneSymlinksInside(t *testing.T) {
 			want := Tally{Bytes: int64(len(blob) + len(target)), Blobs: 1}
 
 			for _, dryRun := range []bool{true, false} {
-				got, err := c.Prune(t.Context(), dryRun)
+				got, err := pruneAll(t.Context(), c, dryRun)
 				if err != nil || got != want {
 					t.Errorf("Prune(%v) = %+v, %v; want %+v", dryRun, got, err, want)
 				}
@@ -430,11 +430,11 @@ func TestConcurrentPrunesAndFetches(t *testing.T) {
 							return
 						default:
 						}
-						if _, err := c.Prune(t.Context(), false); err != nil {
+						if _, err := pruneAll(t.Context(), c, false); err != nil {
 							t.Errorf("Prune during fetches error: %v", err)
 							return
 						}
-						if _, err := c.Usage(t.Context()); err != nil {
+						if _, err := usageOf(t.Context(), c); err != nil {
 							t.Errorf("Usage during fetches error: %v", err)
 							return
 						}
@@ -444,7 +444,7 @@ func TestConcurrentPrunesAndFetches(t *testing.T) {
 			fetchers.Wait()
 			close(stop)
 			pruners.Wait()
-			if _, err := c.Prune(t.Context(), false); err != nil {
+			if _, err := pruneAll(t.Context(), c, false); err != nil {
 				t.Fatal(err)
 			}
 			checkEmptyCache(t, c)

@@ -67,7 +67,7 @@ func walk(ctx context.Context, parent, dir string, remove bool) (Tally, error) {
 // passes over what is not a blob (subdirectories, entries it cannot stat)
 // rather than failing: a listing is a measurement.
 func listBlobsIn(ctx context.Context, dir string) ([]BlobInfo, error) {
-	fd, err := unix.Open(dir+"/blobs", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(dir+"/"+blobsParent, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.ENOENT) {
 		return nil, nil
 	} else if err != nil {
@@ -78,7 +78,7 @@ func listBlobsIn(ctx context.Context, dir string) ([]BlobInfo, error) {
 	w := &walker{ctx: ctx, listOnly: true, buf: make([]byte, direntBufSize)}
 	w.collect = func(found []BlobInfo) { blobs = append(blobs, found...) }
 	w.start()
-	err = w.dir(fd, "sha256", blobsSubdir)
+	err = w.dir(fd, blobsLeaf, blobsSubdir)
 	if _, werr := w.stop(); err == nil {
 		err = werr
 	}

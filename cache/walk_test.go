@@ -78,7 +78,7 @@ func TestPruneReportsWhatFailed(t *testing.T) {
 			exec.Command("chattr", "-i", p).Run()
 		}
 	})
-	_, err := c.Prune(t.Context(), false)
+	_, err := pruneAll(t.Context(), c, false)
 	if err == nil {
 		t.Fatal("Prune() of a cache holding an undeletable file succeeded")
 	}

@@ -1,6 +1,11 @@
 // Package layout resolves where banger keeps its blob cache, its lock file and
 // its image store. Every invocation resolves the layout afresh with Resolve;
 // nothing is remembered between runs.
+//
+// layout names only the directories and files the packages are handed: the
+// cache directory and its lock file for cache.New, the images directory for
+// the image store. The names inside them belong to those packages (the
+// cache's blobs, tmp and gate file: cache.Paths).
 package layout
 
 import (
@@ -15,10 +20,6 @@ type Layout struct {
 	CacheRoot string `json:"cache_root"`
 	// CacheDir is the OCI blob cache: the directory prune empties.
 	CacheDir string `json:"cache_dir"`
-	// BlobsDir holds verified blobs named by their sha256.
-	BlobsDir string `json:"blobs_dir"`
-	// TmpDir holds blobs still being written.
-	TmpDir string `json:"tmp_dir"`
 	// LockFile is the advisory lock shared by pulls and taken exclusively by
 	// prune. It lives outside CacheDir so that renaming the cache aside does
 	// not move the lock with it.
@@ -61,8 +62,6 @@ func Resolve(src Source) (Layout, error) {
 	return Layout{
 		CacheRoot: cacheRoot,
 		CacheDir:  cacheDir,
-		BlobsDir:  filepath.Join(cacheDir, "blobs", "sha256"),
-		TmpDir:    filepath.Join(cacheDir, "tmp"),
 		LockFile:  filepath.Join(cacheRoot, "oci.lock"),
 		DataRoot:  dataRoot,
 		ImagesDir: filepath.Join(dataRoot, "images"),

@@ -89,8 +89,8 @@ func TestResolve(t *testing.T) {
 			if got.CacheRoot != tt.wantCacheRoot || got.DataRoot != tt.wantDataRoot {
 				t.Errorf("Resolve() roots = %q, %q; want %q, %q", got.CacheRoot, got.DataRoot, tt.wantCacheRoot, tt.wantDataRoot)
 			}
-			if want := filepath.Join(tt.wantCacheRoot, "oci", "blobs", "sha256"); got.BlobsDir != want {
-				t.Errorf("BlobsDir = %q, want %q", got.BlobsDir, want)
+			if want := filepath.Join(tt.wantCacheRoot, "oci"); got.CacheDir != want {
+				t.Errorf("CacheDir = %q, want %q", got.CacheDir, want)
 			}
 			if want := filepath.Join(tt.wantCacheRoot, "oci.lock"); got.LockFile != want {
 				t.Errorf("LockFile = %q, want %q (outside the cache dir)", got.LockFile, want)
