@@ -395,7 +395,7 @@ Example:
 			}
 			var bar *progressLine
 			if !c.Bool("quiet") && isTerminal(c.App.ErrWriter) {
-				bar = &progressLine{w: c.App.ErrWriter, label: c.Args().First()}
+				bar = newProgressLine(c.App.ErrWriter, c.Args().First())
 				opts.Progress = bar.update
 			}
 			ctx := c.Context
@@ -738,29 +738,78 @@ func parseAge(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// progressLine redraws one stderr line with the bytes pulled so far, at most
-// ten times a second.
+// progressLine redraws one stderr line with the pull's phase, the bytes
+// pulled so far and the rate, at most ten times a second. The line always
+// fits the terminal, so it never wraps and leaves a trail of lines behind.
 type progressLine struct {
 	w     io.Writer
 	label string
+	width int // the terminal's columns
+	start time.Time
 	mu    sync.Mutex
 	last  time.Time
 	drawn bool
 }
 
+func newProgressLine(w io.Writer, label string) *progressLine {
+	return &progressLine{w: w, label: label, width: terminalWidth(w), start: time.Now()}
+}
+
 func (p *progressLine) update(done, total int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if time.Since(p.last) < 100*time.Millisecond {
+	now := time.Now()
+	if now.Sub(p.last) < 100*time.Millisecond {
 		return
 	}
-	p.last = time.Now()
+	p.last = now
 	p.drawn = true
-	of := ""
-	if total > 0 {
-		of = " / " + humanize.IBytes(uint64(total))
+	fmt.Fprint(p.w, "\r\033[K"+renderProgress(p.label, done, total, now.Sub(p.start), p.width))
+}
+
+// renderProgress is the progress line for a terminal width columns wide:
+// "pulling REF: fetching 12 MiB / 52 MiB, 8.1 MiB/s". The reference is
+// shortened in the middle first, then the figures are dropped from the end,
+// so that the line takes at most width-1 columns (a line that fills the
+// last column makes some terminals wrap).
+func renderProgress(label string, done, total int64, elapsed time.Duration, width int) string {
+	done = max(done, 0)
+	phase := "fetching"
+	if total > 0 && done >= total {
+		phase = "flattening"
 	}
-	fmt.Fprintf(p.w, "\r\033[Kpulling %s: %s%s", p.label, humanize.IBytes(uint64(max(done, 0))), of)
+	figures := []string{phase + " " + humanize.IBytes(uint64(done))}
+	if total > 0 {
+		figures[0] += " / " + humanize.IBytes(uint64(total))
+	}
+	if elapsed >= time.Second && phase == "fetching" {
+		figures = append(figures, humanize.IBytes(uint64(float64(done)/elapsed.Seconds()))+"/s")
+	}
+	room := width - 1
+	for {
+		tail := ": " + strings.Join(figures, ", ")
+		head := "pulling "
+		if n := room - len([]rune(head+tail)); n >= min(len([]rune(label)), 12) {
+			return head + shorten(label, n) + tail
+		}
+		if len(figures) == 1 {
+			return shorten(head+label+tail, room)
+		}
+		figures = figures[:len(figures)-1]
+	}
+}
+
+// shorten cuts s to at most n runes, replacing its middle with "…".
+func shorten(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	if n <= 1 {
+		return string(r[:max(n, 0)])
+	}
+	keep := n - 1
+	return string(r[:keep-keep/2]) + "…" + string(r[len(r)-keep/2:])
 }
 
 func (p *progressLine) finish() {
@@ -772,6 +821,20 @@ func (p *progressLine) finish() {
 	if p.drawn {
 		fmt.Fprint(p.w, "\r\033[K")
 	}
+}
+
+// terminalWidth is w's width in columns: from the terminal, else $COLUMNS,
+// else 80.
+func terminalWidth(w io.Writer) int {
+	if f, ok := w.(*os.File); ok {
+		if ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ); err == nil && ws.Col > 0 {
+			return int(ws.Col)
+		}
+	}
+	if n, err := strconv.Atoi(os.Getenv("COLUMNS")); err == nil && n > 0 {
+		return n
+	}
+	return 80
 }
 
 func isTerminal(w io.Writer) bool {
