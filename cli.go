@@ -69,7 +69,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func exitCode(ctx context.Context, err error) int {
 	switch {
-	case errors.Is(err, errUsage), errors.Is(err, image.ErrUsage):
+	case errors.Is(err, errUsage), errors.Is(err, image.ErrInvalidReference), errors.Is(err, image.ErrInvalidPlatform), errors.Is(err, image.ErrInvalidName):
 		return exitUsage
 	case errors.Is(err, cache.ErrLockBusy):
 		return exitLockBusy
