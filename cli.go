@@ -117,7 +117,7 @@ func (s *stdoutWriter) Write(p []byte) (int, error) {
 
 func exitCode(ctx context.Context, err error) int {
 	switch {
-	case errors.Is(err, errUsage), errors.Is(err, image.ErrUsage):
+	case errors.Is(err, errUsage), errors.Is(err, image.ErrInvalidReference), errors.Is(err, image.ErrInvalidPlatform), errors.Is(err, image.ErrInvalidName):
 		return exitUsage
 	case errors.Is(err, cache.ErrLockBusy):
 		return exitLockBusy

@@ -706,8 +706,8 @@ func TestPullRejects(t *testing.T) {
 					t.Errorf("Pull(%s) error = %q, want it to contain %q", ref, err, w)
 				}
 			}
-			if errors.Is(err, ErrUsage) != tt.usage {
-				t.Errorf("Pull(%s): errors.Is(err, ErrUsage) = %v, want %v", ref, !tt.usage, tt.usage)
+			if isUsage(err) != tt.usage {
+				t.Errorf("Pull(%s): isUsage(err) = %v, want %v", ref, !tt.usage, tt.usage)
 			}
 			e.checkNothingPublished(t)
 		})

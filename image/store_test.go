@@ -184,8 +184,8 @@ func TestStoreGet(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := s.Get(t.Context(), tt.in)
 			if tt.want == "" {
-				if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "banger image ls") || !strings.Contains(err.Error(), tt.in) {
-					t.Errorf("Get(%q) = %s, %v, want an error wrapping ErrNotFound naming it and `banger image ls`", tt.in, got.ID, err)
+				if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), tt.in) {
+					t.Errorf("Get(%q) = %s, %v, want an error wrapping ErrNotFound naming it", tt.in, got.ID, err)
 				}
 				return
 			}
@@ -239,8 +239,8 @@ func TestStoreRemove(t *testing.T) {
 				t.Errorf("Remove(%q) error = %v, want none", args, err)
 			}
 			if tt.wantMissing != nil {
-				if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "banger image ls") {
-					t.Errorf("Remove(%q) error = %v, want ErrNotFound and `banger image ls`", args, err)
+				if !errors.Is(err, ErrNotFound) {
+					t.Errorf("Remove(%q) error = %v, want ErrNotFound", args, err)
 				}
 				for _, m := range tt.wantMissing {
 					if err != nil && !strings.Contains(err.Error(), `"`+m+`"`) {
