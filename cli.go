@@ -394,9 +394,14 @@ Example:
 				Jobs:     c.Int("jobs"),
 			}
 			var bar *progressLine
-			if !c.Bool("quiet") && isTerminal(c.App.ErrWriter) {
+			switch {
+			case c.Bool("quiet"):
+			case isTerminal(c.App.ErrWriter):
 				bar = newProgressLine(c.App.ErrWriter, c.Args().First())
 				opts.Progress = bar.update
+			default:
+				// A CI log has no terminal to redraw: one line per layer.
+				opts.LayerDone = layerLogger(c.App.ErrWriter)
 			}
 			ctx := c.Context
 			if d := c.Duration("timeout"); d > 0 {
@@ -736,6 +741,25 @@ func parseAge(s string) (time.Duration, error) {
 		return 0, usageErr{fmt.Errorf("invalid --older-than %q: want a positive duration such as 36h or 7d", s)}
 	}
 	return d, nil
+}
+
+// layerLogger prints one line per verified layer blob, for a log:
+// "fetched sha256:0123456789ab… 52 MiB" or "cached sha256:… 52 MiB".
+func layerLogger(w io.Writer) func(image.LayerDone) {
+	var mu sync.Mutex
+	return func(l image.LayerDone) {
+		verb := "fetched"
+		if l.Cached {
+			verb = "cached"
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		digest := l.Digest
+		if len(digest) > len("sha256:")+12 {
+			digest = digest[:len("sha256:")+12] + "…"
+		}
+		fmt.Fprintf(w, "%s %s %s\n", verb, digest, humanize.IBytes(uint64(l.Size)))
+	}
 }
 
 // progressLine redraws one stderr line with the pull's phase, the bytes
