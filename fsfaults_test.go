@@ -99,6 +99,8 @@ func TestFilesystemFaults(t *testing.T) {
 func TestPermissions(t *testing.T) {
 	host := startRegistry(t)
 	e := newBangerEnv(t, host)
+	// The umask is the process's: safe only because neither this test nor
+	// any other in the package calls t.Parallel.
 	old := syscall.Umask(0o022)
 	defer syscall.Umask(old)
 	e.run("image", "pull", "-q", host+"/app:1")

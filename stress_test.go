@@ -24,7 +24,10 @@ import (
 
 // Issue 3: separate banger processes racing each other and being killed.
 // The quick modes run in CI; -long runs the long ones.
-var long = flag.Bool("long", false, "run the long stress and crash modes")
+var (
+	long      = flag.Bool("long", false, "run the long stress and crash modes")
+	crashSeed = flag.Uint64("crash-seed", 0, "replay TestCrashSafety with the seed a failed run logged (0: a new one)")
+)
 
 // stressImages are images sharing a base layer big enough that pulls and
 // prunes overlap.
@@ -258,7 +261,14 @@ func TestCrashSafety(t *testing.T) {
 	if *long {
 		rounds = 40
 	}
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
+	seed := *crashSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	// The kill moments come from the seed: a failure is replayed with
+	// go test -run TestCrashSafety -crash-seed N.
+	t.Logf("seed %d (replay with -crash-seed %d)", seed, seed)
+	rng := rand.New(rand.NewPCG(seed, 3))
 	killed := 0
 	for round := range rounds {
 		img := stressImages[round%len(stressImages)]

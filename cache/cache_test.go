@@ -354,6 +354,8 @@ func TestCreateConcurrent(t *testing.T) {
 // usual umask: readable by all, so that unprivileged users can measure a
 // system cache.
 func TestPermissions(t *testing.T) {
+	// The umask is the process's: safe only because no test in this
+	// package calls t.Parallel.
 	old := syscall.Umask(0o022)
 	t.Cleanup(func() { syscall.Umask(old) })
 
