@@ -190,11 +190,15 @@ func (c *Cache) renameAside(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	if ok {
+		old, err := os.Lstat(c.dir)
+		if err != nil {
+			return nil, fmt.Errorf("renaming cache aside: %w", err)
+		}
 		aside := c.parent() + "/" + asidePrefix + randomSuffix()
 		if err := os.Rename(c.dir, aside); err != nil {
 			return nil, fmt.Errorf("renaming cache aside: %w", err)
 		}
-		if err := c.create(); err != nil {
+		if err := c.create(old); err != nil {
 			return nil, fmt.Errorf("recreating empty cache after renaming it to %s: %w; the next pull creates it, the next prune deletes %s", aside, err, aside)
 		}
 	}
