@@ -422,3 +422,55 @@ func holdLockPath(t *testing.T, path string) {
 	}
 	t.Cleanup(func() { fl.Close() })
 }
+
+// TestGateWaitHonoursOptions checks issue 11 §1: a wait at the gate (held by
+// a waiting prune, or by another process) ends as a wait for the lock does:
+// at once with NoWait, after Wait, and when the context ends.
+func TestGateWaitHonoursOptions(t *testing.T) {
+	tests := []struct {
+		name    string
+		opts    Options
+		cancel  bool // the context is cancelled while waiting
+		wantErr error
+	}{
+		{name: "no wait", opts: Options{NoWait: true}, wantErr: ErrLockBusy},
+		{name: "wait 50ms", opts: Options{Wait: 50 * time.Millisecond}, wantErr: ErrLockBusy},
+		{name: "context cancelled", cancel: true, wantErr: context.Canceled},
+	}
+	ops := []struct {
+		name string
+		run  func(ctx context.Context, c *Cache) error
+	}{
+		{"fetch", func(ctx context.Context, c *Cache) error {
+			f, err := c.Fetch(ctx, blobOf(content(9, 99), nil))
+			if f != nil {
+				f.Close()
+			}
+			return err
+		}},
+		{"inventory", func(ctx context.Context, c *Cache) error { _, err := c.Inventory(ctx); return err }},
+		{"prune", func(ctx context.Context, c *Cache) error { _, err := c.Prune(ctx, Policy{}, false); return err }},
+	}
+	for _, tt := range tests {
+		for _, op := range ops {
+			t.Run(tt.name+"/"+op.name, func(t *testing.T) {
+				c := newTestCache(t, tt.opts)
+				mustFetch(t, c, content(1, 100))
+				holdLockPath(t, c.gatePath())
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				if tt.cancel {
+					c.noticeAfter = 0
+					c.opts.Notice = func(string) { cancel() } // cancel once it waits
+				}
+				err := op.run(ctx, c)
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("%s while the gate is held = %v, want %v", op.name, err, tt.wantErr)
+				}
+				if !strings.Contains(err.Error(), c.lockPath) {
+					t.Errorf("error %q does not name the lock", err)
+				}
+			})
+		}
+	}
+}
