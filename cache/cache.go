@@ -86,6 +86,10 @@ var (
 	// lost subdirectory, a corrupt blob it could not remove); emptying the
 	// cache starts afresh.
 	ErrDamaged = errors.New("cache is damaged")
+	// ErrForeignLock is returned when a lock file belongs to another user:
+	// that user could hold it for ever, so banger refuses it rather than
+	// wait for it.
+	ErrForeignLock = errors.New("lock file belongs to another user")
 	// ErrDigestMismatch is returned when a blob's content does not match its
 	// descriptor.
 	ErrDigestMismatch = errors.New("content does not match digest")

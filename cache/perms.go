@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -21,10 +20,6 @@ const (
 	privateDirPerm  fs.FileMode = 0o700
 	privateFilePerm fs.FileMode = 0o600
 )
-
-// ErrForeignLock is returned when a lock file belongs to another user: that
-// user could hold it for ever, so banger refuses it rather than wait.
-var ErrForeignLock = errors.New("lock file belongs to another user")
 
 // perms are the modes for what the cache creates under its root.
 type perms struct {
