@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
@@ -44,6 +45,9 @@ func openLayout(dir string) (*layoutDir, error) {
 func (l *layoutDir) open(name string) (*os.File, fs.FileInfo, error) {
 	f, err := l.root.OpenFile(name, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(name, "blobs/") {
+			return nil, nil, fmt.Errorf("OCI layout %s: %s is missing; the layout is incomplete", l.dir, name)
+		}
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil, fmt.Errorf("opening OCI layout %s: %w; expected a directory with index.json and oci-layout", l.dir, err)
 		}
