@@ -437,10 +437,12 @@ func firstError(errs []error) error {
 }
 
 // retryable says whether a registry failure may go away on its own: a
-// client error such as 401 or 404 will not.
+// client error such as 401 or 404 will not, nor a refusal of banger's own
+// (a stall, a redirect loop, a cap): a server that stalled once is not
+// waited on again.
 func retryable(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, ErrStalled) || errors.Is(err, ErrRedirect) {
+		errors.Is(err, ErrStalled) || errors.Is(err, ErrRedirect) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrUnsupported) {
 		return false
 	}
 	var terr *transport.Error
