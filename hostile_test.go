@@ -920,6 +920,13 @@ func TestHostileLayout(t *testing.T) {
 		{"config a symlink to /dev/zero", func(t *testing.T, hl *hostileLayout) {
 			replaceWith(t, hl.blob(hl.configDigest), "/dev/zero")
 		}, nil, "", 1, `reading image config: OCI layout \S+: opening blobs/sha256/` + hex64 + `: .*path escapes from parent`},
+		{"index.json a device inside the layout", func(t *testing.T, hl *hostileLayout) {
+			path := filepath.Join(hl.dir, "index.json")
+			os.Remove(path)
+			if err := syscall.Mknod(path, syscall.S_IFCHR|0o644, 1<<8|5); err != nil { // /dev/zero's 1:5
+				t.Skipf("cannot create a device node (needs root): %v", err)
+			}
+		}, nil, "", 1, `OCI layout \S+: index\.json is a character device, not a regular file`},
 		{"layer a FIFO", func(t *testing.T, hl *hostileLayout) {
 			replaceWith(t, hl.blob(hl.layerDigest), "fifo")
 		}, nil, "", 1, `layer 0: fetching blob sha256:` + hex64 + ` from oci:\S+: OCI layout \S+: blobs/sha256/` + hex64 + ` is a FIFO, not a regular file`},
@@ -959,6 +966,31 @@ func TestHostileLayout(t *testing.T) {
 			}
 			if !regexp.MustCompile(tt.wantErr).MatchString(run.stderr) {
 				t.Errorf("stderr = %q, want a match for %q", run.stderr, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestHostileArchive: a docker-archive that is a FIFO or a device is
+// refused at once, not opened for a read that blocks or never ends.
+func TestHostileArchive(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "image.tar")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, file, wantErr string
+	}{
+		{"FIFO", fifo, `docker archive \S+ is a FIFO, not a regular file`},
+		{"device", "/dev/zero", `docker archive /dev/zero is a character device, not a regular file`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newBangerEnv(t, "")
+			run := runHostile(t, e, nil, "image", "pull", "docker-archive:"+tt.file)
+			t.Logf("stderr: %speak RSS: %d KiB", run.stderr, run.maxRSS)
+			if run.code != 1 || !regexp.MustCompile(tt.wantErr).MatchString(run.stderr) {
+				t.Errorf("exit code %d, stderr %q; want 1 and a match for %q", run.code, run.stderr, tt.wantErr)
 			}
 		})
 	}
