@@ -127,7 +127,19 @@ func (l *layoutDir) index() (*v1.IndexManifest, error) {
 }
 
 func (l *layoutDir) readConfig(_ context.Context, d v1.Descriptor) ([]byte, error) {
-	return l.readBlob("config", d, maxConfigSize)
+	if err := checkDescriptor("config", d, maxConfigSize); err != nil {
+		return nil, fmt.Errorf("OCI layout %s: %w", l.dir, err)
+	}
+	f, _, err := l.open(blobName(d))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := readConfigBlob(f, d)
+	if err != nil {
+		return nil, fmt.Errorf("OCI layout %s: %w", l.dir, err)
+	}
+	return b, nil
 }
 
 // openBlob opens a layer blob. Its size and digest are the cache's to

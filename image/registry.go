@@ -187,7 +187,7 @@ func (g *registryRepo) readConfig(ctx context.Context, d v1.Descriptor) ([]byte,
 		return nil, err
 	}
 	defer rc.Close()
-	return readCapped(rc, "config", d, maxConfigSize)
+	return readConfigBlob(rc, d)
 }
 
 // image is the manifest raw as a v1.Image whose config and layers g reads.

@@ -110,17 +110,27 @@ func isTransportLike(prefix, rest string) bool {
 }
 
 // readCapped reads a blob of at most limit bytes (its declared size was
-// checked against limit already). A blob of another size than declared is
-// left to the digest check, which says what the content is.
+// checked against limit already). A blob shorter than limit but of another
+// size than declared is left to the digest check, which says what the
+// content is.
 func readCapped(r io.Reader, what string, d v1.Descriptor, limit int64) ([]byte, error) {
 	b, err := io.ReadAll(io.LimitReader(r, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("reading %s %s: %w", what, d.Digest, err)
 	}
 	if int64(len(b)) > limit {
+		if limit == d.Size {
+			return nil, fmt.Errorf("%s %s: more than its declared size of %d bytes; the source is corrupt", what, d.Digest, d.Size)
+		}
 		return nil, errorf(ErrTooLarge, "%s %s: declared size %d bytes, but more than the %s cap served", what, d.Digest, d.Size, capString(limit))
 	}
 	return b, nil
+}
+
+// readConfigBlob reads a config of the size d declares, which is within
+// maxConfigSize: memory is bounded by the declared size, not the cap.
+func readConfigBlob(r io.Reader, d v1.Descriptor) ([]byte, error) {
+	return readCapped(r, "config", d, d.Size)
 }
 
 func sizeWord(n, want int64) string {
