@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger/banger/image"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -1096,4 +1098,31 @@ func writeManyLayers(t *testing.T, n int) *hostileLayout {
 	os.WriteFile(filepath.Join(dir, "index.json"), index, 0o644)
 	os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644)
 	return hl
+}
+
+// TestImageHints: the image package's sentinels get the CLI's advice, and
+// a deadline gets only the --timeout one (pullCommand adds it), not the
+// network advice on top.
+func TestImageHints(t *testing.T) {
+	unreachable := fmt.Errorf("pull x: %w", image.ErrUnreachable)
+	tests := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"not found", fmt.Errorf("image \"x\": %w", image.ErrNotFound), "run `banger image ls`"},
+		{"platform", fmt.Errorf("x: %w", image.ErrInvalidPlatform), "--platform"},
+		{"name", fmt.Errorf("x: %w", image.ErrInvalidName), "--name"},
+		{"unreachable", unreachable, "--insecure"},
+		{"unreachable past the deadline", fmt.Errorf("%w: %w", unreachable, context.DeadlineExceeded), ""},
+		{"stalled", fmt.Errorf("x: %w", image.ErrStalled), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := hint(tt.err)
+			if tt.want == "" && got != "" || !strings.Contains(got, tt.want) {
+				t.Errorf("hint(%v) = %q, want %q", tt.err, got, tt.want)
+			}
+		})
+	}
 }

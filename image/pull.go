@@ -5,6 +5,12 @@
 // Use Pull to import an image and Store to list, inspect and remove what was
 // imported. A flattened image never depends on the blobs that sourced it:
 // pruning the cache leaves every image intact.
+//
+// Errors wrap the sentinels in errors.go (ErrInvalidReference,
+// ErrInvalidPlatform, ErrInvalidName for mistakes in what was asked;
+// ErrNotFound, ErrUnreachable, ErrStalled, ErrRedirect, ErrTooLarge,
+// ErrUnsupported for what went wrong), so that a caller can choose exit
+// codes and advice. Print strings from images with Escape.
 package image
 
 import (
