@@ -5,6 +5,12 @@
 // Use Pull to import an image and Store to list, inspect and remove what was
 // imported. A flattened image never depends on the blobs that sourced it:
 // pruning the cache leaves every image intact.
+//
+// Errors wrap the sentinels in errors.go (ErrInvalidReference,
+// ErrInvalidPlatform, ErrInvalidName for mistakes in what was asked;
+// ErrNotFound, ErrUnreachable, ErrStalled, ErrRedirect, ErrTooLarge,
+// ErrUnsupported for what went wrong), so that a caller can choose exit
+// codes and advice. Print strings from images with Escape.
 package image
 
 import (
@@ -463,10 +469,12 @@ func firstError(errs []error) error {
 }
 
 // retryable says whether a registry failure may go away on its own: a
-// client error such as 401 or 404 will not.
+// client error such as 401 or 404 will not, nor a refusal of banger's own
+// (a stall, a redirect loop, a cap): a server that stalled once is not
+// waited on again.
 func retryable(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, ErrStalled) || errors.Is(err, ErrRedirect) {
+		errors.Is(err, ErrStalled) || errors.Is(err, ErrRedirect) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrUnsupported) {
 		return false
 	}
 	var terr *transport.Error
