@@ -194,12 +194,7 @@ func TestHostileInput(t *testing.T) {
 			if code != tt.wantCode {
 				t.Errorf("banger %s exited %d, want %d; stderr: %s", strings.Join(tt.args, " "), code, tt.wantCode, stderr.String())
 			}
-			// A pull off a terminal logs one line per verified layer
-			// first; the failure itself is one line.
-			lines := slices.DeleteFunc(strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n"), func(l string) bool {
-				return strings.HasPrefix(l, "fetched sha256:") || strings.HasPrefix(l, "cached sha256:")
-			})
-			if len(lines) != 1 || !strings.HasPrefix(lines[0], "banger: ") {
+			if lines := failureLines(stderr.String()); len(lines) != 1 || !strings.HasPrefix(lines[0], "banger: ") {
 				t.Errorf("stderr = %q, want one line starting with \"banger: \"", stderr.String())
 			}
 			if !regexp.MustCompile(tt.wantErr).MatchString(stderr.String()) {
@@ -454,6 +449,15 @@ type hostileRun struct {
 // hostile case must hold: one stderr line starting "banger: ", no Go
 // runtime trace, nothing left in the cache or the image store, and a
 // bounded peak memory.
+// failureLines is stderr without the per-layer lines a pull logs off a
+// terminal ("fetched sha256:…", "cached sha256:…"): what is left must be
+// the one line of the failure.
+func failureLines(stderr string) []string {
+	return slices.DeleteFunc(strings.Split(strings.TrimSuffix(stderr, "\n"), "\n"), func(l string) bool {
+		return strings.HasPrefix(l, "fetched sha256:") || strings.HasPrefix(l, "cached sha256:")
+	})
+}
+
 func runHostile(t *testing.T, e *bangerEnv, prefix []string, args ...string) hostileRun {
 	t.Helper()
 	return checkHostile(t, e, prefix, false, args...)
@@ -493,8 +497,7 @@ func checkHostile(t *testing.T, e *bangerEnv, prefix []string, keepBlobs bool, a
 	} else if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		run.maxRSS = ru.Maxrss // an upper bound: it includes this process's peak
 	}
-	lines := strings.Split(strings.TrimSuffix(run.stderr, "\n"), "\n")
-	if len(lines) != 1 || !strings.HasPrefix(lines[0], "banger: ") {
+	if lines := failureLines(run.stderr); len(lines) != 1 || !strings.HasPrefix(lines[0], "banger: ") {
 		t.Errorf("stderr = %q, want one line starting with \"banger: \"", run.stderr)
 	}
 	for _, trace := range []string{"goroutine ", "fatal error", "panic:"} {
