@@ -332,8 +332,10 @@ func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.F
 				reader.Close()
 			}
 			r.Remove(tmpName)
+			return err
 		}
-		return err
+		c.removeStaleTemps(r)
+		return nil
 	})
 	if err != nil {
 		return nil, &localError{fmt.Errorf("creating temp file for sha256:%s in cache %s: %w", hexDigest, c.dir, err)}
