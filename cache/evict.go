@@ -240,6 +240,13 @@ func (c *Cache) evict(ctx context.Context, p Policy, dryRun bool, rep *Report) {
 		return
 	}
 	blobs, err := c.listBlobs(ctx)
+	var leftovers []string
+	if err == nil && dryRun {
+		// A dry run counts the garbage in the same hold of the lock; the
+		// real run removes it under the exclusive lock, below, through the
+		// same function.
+		leftovers = c.garbage(nil, rep)
+	}
 	unlock()
 	if err != nil {
 		rep.fail(err)
@@ -249,18 +256,10 @@ func (c *Cache) evict(ctx context.Context, p Policy, dryRun bool, rep *Report) {
 	for _, b := range keep {
 		rep.Kept.add(Tally{Bytes: b.Size, Blobs: 1})
 	}
-	var leftovers []string
 	if dryRun {
 		for _, b := range evict {
 			rep.Freed.add(Tally{Bytes: b.Size, Blobs: 1})
 		}
-		unlock, err := c.lock(ctx, shared)
-		if err != nil {
-			rep.fail(err)
-			return
-		}
-		leftovers = c.garbage(nil, rep)
-		unlock()
 	}
 	for start := 0; !dryRun && (start == 0 || start < len(evict)); start += evictBatch {
 		batch := evict[start:min(start+evictBatch, len(evict))]
