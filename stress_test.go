@@ -461,7 +461,11 @@ func TestSharedHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := syscall.Umask(0o022) // the usual umask: banger's modes, not the umask's, keep others out
+	// The usual umask, so that banger's own modes, not a strict umask, are
+	// what keeps the other user out. The umask is process-wide (the banger
+	// children inherit it): safe because no test in this package runs in
+	// parallel.
+	old := syscall.Umask(0o022)
 	defer syscall.Umask(old)
 
 	e.run("image", "pull", "-q", "oci:"+hello+":1.0")

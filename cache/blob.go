@@ -324,7 +324,10 @@ func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.F
 			// The flock lives as long as the writer: a selective prune
 			// that can take it knows the temp file was abandoned (its
 			// writer died), and never removes one still being written.
-			err = unix.Flock(int(reader.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+			// Blocking, not LOCK_NB: a dry run probing the new file
+			// under the shared lock may hold its flock for an instant,
+			// and that must not fail the pull.
+			err = unix.Flock(int(reader.Fd()), unix.LOCK_EX)
 		}
 		if err != nil {
 			tmp.Close()
@@ -332,8 +335,10 @@ func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.F
 				reader.Close()
 			}
 			r.Remove(tmpName)
+			return err
 		}
-		return err
+		c.removeStaleTemps(r)
+		return nil
 	})
 	if err != nil {
 		return nil, &localError{fmt.Errorf("creating temp file for sha256:%s in cache %s: %w", hexDigest, c.dir, err)}

@@ -129,7 +129,9 @@ func (w *waiter) acquire(ctx context.Context, path string, exclusive bool) (*flo
 		if !checked {
 			checked = true
 			info, err := os.Lstat(path)
-			if err == nil {
+			if err != nil {
+				err = fmt.Errorf("checking lock file %s: %w", path, err)
+			} else {
 				err = w.perms.checkOwner(path, info)
 			}
 			if err != nil {
