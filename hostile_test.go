@@ -622,7 +622,7 @@ func TestHostileRegistry(t *testing.T) {
 				}
 			},
 			wantCode: 1,
-			wantErr:  `manifest "/v2/x/manifests/1": more than the 4.0 MiB cap`,
+			wantErr:  `manifest "/v2/x/manifests/1": no declared size, and more than the 4.0 MiB cap served`,
 		},
 		{
 			name: "sha512 layer digest",

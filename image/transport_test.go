@@ -53,7 +53,7 @@ func TestGuardTransport(t *testing.T) {
 		{"body stops", "/hang-body", ErrStalled, "sent nothing for 100ms", 1},
 		{"redirect loop", "/loop", ErrRedirect, "stopped after 10 redirects", 10},
 		{"manifest declared over the cap", "/v2/x/manifests/big", ErrTooLarge, `manifest "/v2/x/manifests/big": declared size 4194305 bytes is over the 4.0 MiB cap`, 1},
-		{"endless manifest", "/v2/x/manifests/endless", ErrTooLarge, `manifest "/v2/x/manifests/endless": more than the 4.0 MiB cap`, 1},
+		{"endless manifest", "/v2/x/manifests/endless", ErrTooLarge, `manifest "/v2/x/manifests/endless": no declared size, and more than the 4.0 MiB cap served`, 1},
 		{"a blob is not capped here", "/v2/x/blobs/endless", nil, "", 1},
 		{"small manifest", "/v2/x/manifests/ok", nil, "", 1},
 	}
