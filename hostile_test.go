@@ -190,6 +190,7 @@ func TestHostileInput(t *testing.T) {
 			if err != nil {
 				code = cmd.ProcessState.ExitCode()
 			}
+			t.Logf("exit %d, stderr: %s", code, stderr.String())
 			if code != tt.wantCode {
 				t.Errorf("banger %s exited %d, want %d; stderr: %s", strings.Join(tt.args, " "), code, tt.wantCode, stderr.String())
 			}
