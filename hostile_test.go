@@ -1,6 +1,7 @@
 package main
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -995,11 +996,23 @@ func TestHostileArchive(t *testing.T) {
 	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Entries over the caps (ggcr reads both whole into memory).
+	bigConfig := filepath.Join(t.TempDir(), "big-config.tar")
+	writeTarEntries(t, bigConfig, []tarEntry{
+		{"manifest.json", `[{"Config":"config.json","RepoTags":["x:1"],"Layers":[]}]`},
+		{"config.json", `{"rootfs":{"type":"layers","diff_ids":[]}}` + strings.Repeat(" ", 32<<20)},
+	})
+	bigManifest := filepath.Join(t.TempDir(), "big-manifest.tar")
+	writeTarEntries(t, bigManifest, []tarEntry{
+		{"manifest.json", `[{"Config":"config.json","RepoTags":["x:1"],"Layers":[]}]` + strings.Repeat(" ", 5<<20)},
+	})
 	tests := []struct {
 		name, file, wantErr string
 	}{
 		{"FIFO", fifo, `docker archive \S+ is a FIFO, not a regular file`},
 		{"device", "/dev/zero", `docker archive /dev/zero is a character device, not a regular file`},
+		{"config over 32 MiB", bigConfig, `docker archive \S+: config config\.json: size 335544\d\d bytes is over the 32 MiB cap`},
+		{"manifest.json of 5 MiB", bigManifest, `docker archive \S+: manifest\.json: size 52429\d\d bytes is over the 4\.0 MiB cap`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1126,5 +1139,25 @@ func TestImageHints(t *testing.T) {
 				t.Errorf("hint(%v) = %q, want %q", tt.err, got, tt.want)
 			}
 		})
+	}
+}
+
+type tarEntry struct{ name, body string }
+
+func writeTarEntries(t *testing.T, path string, entries []tarEntry) {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		if err := tw.WriteHeader(&tar.Header{Name: e.name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(e.body))}); err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(tw, e.body)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

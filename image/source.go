@@ -253,6 +253,13 @@ func resolveArchive(arg string) (*source, error) {
 		}
 		tag = &t
 	}
+	entries, err := readArchiveEntries(file)
+	if err != nil {
+		return nil, fmt.Errorf("reading docker archive %s: %w; expected a tar file written by `docker save`", file, err)
+	}
+	if size, ok := entries.sizeOf("manifest.json"); ok && size > maxManifestSize {
+		return nil, errorf(ErrTooLarge, "docker archive %s: manifest.json: size %d bytes is over the %s cap", file, size, capString(maxManifestSize))
+	}
 	m, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return os.Open(file) })
 	if err != nil {
 		return nil, fmt.Errorf("reading docker archive %s: %w; expected a tar file written by `docker save`", file, err)
@@ -276,6 +283,10 @@ func resolveArchive(arg string) (*source, error) {
 		desc = &m[0]
 	case desc == nil:
 		return nil, errorf(ErrInvalidReference, "docker archive %s has no image tagged %s; available: %s", file, ref, strings.Join(nonEmpty(all), ", "))
+	}
+	// ggcr reads the config whole as it opens the image.
+	if size, ok := entries.sizeOf(desc.Config); ok && size > maxConfigSize {
+		return nil, errorf(ErrTooLarge, "docker archive %s: config %s: size %d bytes is over the %s cap", file, desc.Config, size, capString(maxConfigSize))
 	}
 	img, err := tarball.ImageFromPath(file, tag)
 	if err != nil {
