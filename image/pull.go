@@ -252,13 +252,9 @@ func readMetadata(ctx context.Context, src *source, ref string) (*metadata, erro
 		if err != nil {
 			return nil, fmt.Errorf("pull %s: listing layers: %w", ref, err)
 		}
-		if len(layers) == len(cfg.RootFS.DiffIDs) {
-			meta.layers = make([]v1.Descriptor, len(layers))
-			for i, d := range cfg.RootFS.DiffIDs {
-				meta.layers[i] = v1.Descriptor{Digest: d, Size: -1}
-			}
-		} else {
-			meta.layers = make([]v1.Descriptor, len(layers))
+		meta.layers = make([]v1.Descriptor, len(layers))
+		for i := range min(len(layers), len(cfg.RootFS.DiffIDs)) {
+			meta.layers[i] = v1.Descriptor{Digest: cfg.RootFS.DiffIDs[i], Size: -1}
 		}
 	}
 	if len(cfg.RootFS.DiffIDs) != len(meta.layers) {
