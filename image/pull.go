@@ -43,8 +43,28 @@ type PullOptions struct {
 	// Platform is "os/arch[/variant]"; empty means linux/GOARCH. (ggcr's own
 	// default is linux/amd64 whatever the host, so banger always passes one.)
 	Platform string
-	// Insecure allows plain HTTP to registries other than localhost.
+	// Insecure allows plain HTTP to registries other than localhost, and
+	// skips certificate verification (--insecure: both of plain HTTP and
+	// --tls-verify=false, as before the two were split).
 	Insecure bool
+	// SkipTLSVerify is --tls-verify=false: HTTPS without checking the
+	// registry's certificate. Plain HTTP still needs Insecure, an
+	// insecure = true registries.conf table, or localhost.
+	SkipTLSVerify bool
+	// RegistriesConf is --registries-conf: read only this file instead of
+	// registries.conf's usual places (see ResolveRegistries).
+	RegistriesConf string
+	// AuthFile is --authfile, the first credentials file (see AuthFiles).
+	AuthFile string
+	// CertDir is --cert-dir, the certificates for every registry of the
+	// pull instead of the certs.d directories (see ResolveCerts).
+	CertDir string
+	// Getenv reads the environment for registries.conf, credentials and
+	// certificates; nil means os.Getenv.
+	Getenv func(string) string
+	// Notice, if set, is called with one line when a mirror fails and
+	// the pull moves on to the next endpoint.
+	Notice func(msg string)
 	// Jobs bounds parallel blob fetches; 0 means DefaultJobs.
 	Jobs int
 	// Transport replaces the HTTP transport for registry requests.
@@ -299,6 +319,12 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 			Source:   meta.image.Reference,
 			Open:     func(context.Context) (io.ReadCloser, error) { return layer.Compressed() },
 			Progress: progress,
+		}
+		if src.openBlob != nil {
+			// A registry blob comes from the endpoint that served the
+			// manifest, or the next one if that mirror lacks it.
+			d := meta.layers[i].Digest
+			b.Open = func(ctx context.Context) (io.ReadCloser, error) { return src.openBlob(ctx, d) }
 		}
 		if src.kind != "registry" {
 			// A local file that fails to verify will fail again.

@@ -11,11 +11,9 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
@@ -50,6 +48,12 @@ type source struct {
 	// configDigest is the digest a docker archive's manifest.json gives the
 	// config by its file name; empty when the name is not a digest.
 	configDigest v1.Hash
+	// served is the reference at the endpoint that served a registry
+	// image (a mirror's, or the primary's as registries.conf rewrote it).
+	served string
+	// openBlob, for registries, opens a blob from the endpoint that served
+	// the manifest, passing over failing mirrors to the next endpoint.
+	openBlob func(ctx context.Context, d v1.Hash) (io.ReadCloser, error)
 }
 
 // resolve turns a reference into an image:
@@ -97,32 +101,28 @@ func resolveRegistry(ctx context.Context, ref string, platform v1.Platform, opts
 	if err != nil {
 		return nil, usagef("parsing reference %q: %v; expected e.g. alpine:3.20, 127.0.0.1:5000/x:y, oci:DIR[:TAG] or docker-archive:FILE[:REF]", ref, err)
 	}
-	remoteOpts := []remote.Option{
-		remote.WithContext(ctx),
-		remote.WithAuthFromKeychain(authn.DefaultKeychain),
-		remote.WithUserAgent("banger"),
-	}
-	if opts.Transport != nil {
-		remoteOpts = append(remoteOpts, remote.WithTransport(opts.Transport))
-	}
-	if opts.Jobs > 0 {
-		// ggcr bounds concurrent blob GETs itself (remote.WithJobs, 4 by
-		// default), beneath banger's own bound: without this, --jobs above
-		// 4 would silently fetch 4 layers at a time.
-		remoteOpts = append(remoteOpts, remote.WithJobs(opts.Jobs))
-	}
-	desc, err := remote.Get(r, remoteOpts...)
+	// registries.conf may send the pull to mirrors first, or elsewhere;
+	// the image keeps the name the user asked for.
+	eps, err := registryEndpoints(ctx, ref, opts)
 	if err != nil {
-		return nil, registryError(r, err)
+		return nil, err
 	}
-	src := &source{name: normalizeName(r), kind: "registry"}
+	desc, served, err := getManifest(ctx, eps, opts.Notice)
+	if err != nil {
+		return nil, registryError(eps[served].ref, err, ref)
+	}
+	src := &source{name: normalizeName(r), kind: "registry", served: eps[served].ref.String()}
+	src.openBlob = func(ctx context.Context, d v1.Hash) (io.ReadCloser, error) {
+		return openBlob(ctx, eps, served, d, opts.Notice)
+	}
+	r = eps[served].ref
 	switch {
 	case desc.MediaType.IsIndex():
 		// A digest in ref names the index (remote.Get checked it); the
 		// image is then checked against the digest the index lists.
 		idx, err := desc.ImageIndex()
 		if err != nil {
-			return nil, registryError(r, err)
+			return nil, registryError(r, err, ref)
 		}
 		src.img, src.manifestDigest, err = pickPlatform(idx, platform, ref)
 		if err != nil {
@@ -134,7 +134,7 @@ func resolveRegistry(ctx context.Context, ref string, platform v1.Platform, opts
 		}
 		src.img, err = desc.Image()
 		if err != nil {
-			return nil, registryError(r, err)
+			return nil, registryError(r, err, ref)
 		}
 	default:
 		return nil, fmt.Errorf("pull %s: unsupported media type %s: not a container image or image index", ref, desc.MediaType)
@@ -143,18 +143,31 @@ func resolveRegistry(ctx context.Context, ref string, platform v1.Platform, opts
 }
 
 // registryError rewrites the registry failures a user can act on into one
-// line that says what to do.
-func registryError(r name.Reference, err error) error {
+// line that says what to do. asked is the reference as the user wrote it.
+func registryError(r name.Reference, err error, asked string) error {
+	if errors.Is(err, ErrCertificate) {
+		return fmt.Errorf("pull %s: %w", r, err)
+	}
 	var terr *transport.Error
 	if errors.As(err, &terr) {
 		switch terr.StatusCode {
 		case http.StatusUnauthorized, http.StatusForbidden:
-			return fmt.Errorf("pull %s: %w; if the repository is private, log in with `docker login %s` (banger reads Docker's credentials)", r, err, r.Context().RegistryStr())
+			return fmt.Errorf("pull %s: %w; if the repository is private, log in with `podman login %s` or `docker login %s` (banger reads containers auth.json and Docker's credentials)", r, err, r.Context().RegistryStr(), r.Context().RegistryStr())
 		case http.StatusNotFound:
+			if isShortName(asked) {
+				return fmt.Errorf("pull %s: %w; short names are Docker Hub's (banger does not search unqualified-search-registries): check the name, or write the registry, as in quay.io/%s", r, err, asked)
+			}
 			return fmt.Errorf("pull %s: %w; check the repository and tag exist", r, err)
 		}
 	}
 	return fmt.Errorf("pull %s: %w; check the registry address and your network (use --insecure for a plain-HTTP registry other than localhost)", r, err)
+}
+
+// isShortName says whether ref names no registry, so that Docker Hub was
+// assumed: its first component has no dot or colon and is not localhost.
+func isShortName(ref string) bool {
+	first, _, ok := strings.Cut(ref, "/")
+	return !ok || (!strings.ContainsAny(first, ".:") && first != "localhost")
 }
 
 // normalizeName is the short form users type: Docker Hub's registry and
