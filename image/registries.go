@@ -130,7 +130,8 @@ func ResolveRegistries(src RegistriesSource) (Registries, error) {
 			if errors.As(err, &perr) {
 				return Registries{}, fmt.Errorf("parsing %s: line %d: %s", file, perr.Position.Line, oneLineMsg(perr.Message))
 			}
-			return Registries{}, fmt.Errorf("parsing %s: %s", file, oneLineMsg(err.Error()))
+			// Type mismatches say "toml: line N (last key …): …".
+			return Registries{}, fmt.Errorf("parsing %s: %s", file, strings.TrimPrefix(oneLineMsg(err.Error()), "toml: "))
 		}
 		regs.Files = append(regs.Files, file)
 		for _, e := range f.Registry {
@@ -231,11 +232,17 @@ func (r Registries) Endpoints(ref string) ([]Endpoint, error) {
 	if e.Blocked {
 		return nil, &BlockedError{Ref: ref, Prefix: e.prefix(), File: e.file}
 	}
+	// A location replaces what the prefix matched: for "*.example.com",
+	// the whole host.
+	matched := bestLen
+	if strings.HasPrefix(e.prefix(), "*.") {
+		matched = strings.Index(full, "/")
+	}
 	rewrite := func(location string) string {
-		if location == "" || strings.HasPrefix(e.prefix(), "*.") {
+		if location == "" {
 			return full
 		}
-		return location + full[bestLen:]
+		return location + full[matched:]
 	}
 	var eps []Endpoint
 	for _, m := range e.Mirrors {
