@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -29,10 +30,11 @@ type CertificateError struct {
 }
 
 func (e *CertificateError) Error() string {
+	msg := strings.TrimRight(e.Err.Error(), "; ")
 	if e.Dir != "" {
-		return fmt.Sprintf("%v (with the CAs in %s)", e.Err, e.Dir)
+		return fmt.Sprintf("%s (with the CAs in %s)", msg, e.Dir)
 	}
-	return e.Err.Error()
+	return msg
 }
 func (e *CertificateError) Unwrap() error        { return e.Err }
 func (e *CertificateError) Is(target error) bool { return target == ErrCertificate }

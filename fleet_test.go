@@ -1,0 +1,520 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Tests of issue 14: fleets pulling through a registry mirror, with the
+// registry configuration, credentials and certificates skopeo reads.
+
+// distribution is a CNCF Distribution registry started by a test.
+type distribution struct {
+	host    string
+	dir     string // its storage is dir/data
+	logFile string
+	cmd     *exec.Cmd
+}
+
+type distributionConfig struct {
+	proxyOf  string // upstream host: run as a pull-through cache
+	certFile string // serve HTTPS with this certificate and key
+	keyFile  string
+	htpasswd string // require basic auth from this htpasswd file
+}
+
+// runDistribution starts docker-registry on 127.0.0.1 with cfg, logging at
+// info level to a file, and waits until it answers.
+func runDistribution(t *testing.T, cfg distributionConfig) *distribution {
+	t.Helper()
+	bin, err := exec.LookPath("docker-registry")
+	if err != nil {
+		t.Skip("docker-registry (CNCF Distribution) not installed; `apt-get install -y docker-registry` to run these cases")
+	}
+	d := &distribution{dir: t.TempDir()}
+	d.host = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	d.logFile = filepath.Join(d.dir, "registry.log")
+	httpConf := fmt.Sprintf("{addr: %s}", d.host)
+	if cfg.certFile != "" {
+		httpConf = fmt.Sprintf("{addr: %s, tls: {certificate: %s, key: %s}}", d.host, cfg.certFile, cfg.keyFile)
+	}
+	conf := fmt.Sprintf("version: 0.1\nlog: {level: info, formatter: text}\nstorage: {filesystem: {rootdirectory: %s/data}, delete: {enabled: true}}\nhttp: %s\n", d.dir, httpConf)
+	if cfg.proxyOf != "" {
+		conf += fmt.Sprintf("proxy: {remoteurl: http://%s}\n", cfg.proxyOf)
+	}
+	if cfg.htpasswd != "" {
+		conf += fmt.Sprintf("auth: {htpasswd: {realm: banger-test, path: %s}}\n", cfg.htpasswd)
+	}
+	config := filepath.Join(d.dir, "config.yml")
+	if err := os.WriteFile(config, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	log, err := os.Create(d.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.cmd = exec.Command(bin, "serve", config)
+	d.cmd.Stdout, d.cmd.Stderr = log, log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatalf("starting docker-registry: %v", err)
+	}
+	t.Cleanup(func() { d.stop(); log.Close() })
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	scheme := "http"
+	if cfg.certFile != "" {
+		scheme = "https"
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := client.Get(scheme + "://" + d.host + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			logText, _ := os.ReadFile(d.logFile)
+			t.Fatalf("docker-registry did not start on %s: %v\n%s", d.host, err, logText)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return d
+}
+
+func (d *distribution) stop() {
+	if d.cmd.ProcessState == nil {
+		d.cmd.Process.Kill()
+		d.cmd.Wait()
+	}
+}
+
+// hasBlob says whether the registry's storage holds blob digest.
+func (d *distribution) hasBlob(digest string) bool {
+	hex := strings.TrimPrefix(digest, "sha256:")
+	_, err := os.Stat(filepath.Join(d.dir, "data/docker/registry/v2/blobs/sha256", hex[:2], hex, "data"))
+	return err == nil
+}
+
+func (d *distribution) log(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(d.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// fleetEnv runs banger with its own cache, store and HOME, and none of the
+// caller's registry configuration or credentials.
+type fleetEnv struct {
+	t    *testing.T
+	dir  string
+	home string
+	env  []string
+}
+
+func newFleetEnv(t *testing.T) *fleetEnv {
+	t.Helper()
+	dir := t.TempDir()
+	e := &fleetEnv{t: t, dir: dir, home: filepath.Join(dir, "home")}
+	os.MkdirAll(e.home, 0o755)
+	e.env = []string{"HOME=" + e.home, "PATH=" + os.Getenv("PATH"), "GORACE=" + os.Getenv("GORACE"),
+		"BANGER_DATA_DIR=" + filepath.Join(dir, "data")}
+	e.freshCache()
+	return e
+}
+
+// freshCache points later runs at an empty blob cache.
+func (e *fleetEnv) freshCache() {
+	cache, err := os.MkdirTemp(e.dir, "cache-")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.setenv("BANGER_CACHE_DIR", cache)
+}
+
+func (e *fleetEnv) setenv(k, v string) {
+	for i, kv := range e.env {
+		if strings.HasPrefix(kv, k+"=") {
+			e.env[i] = k + "=" + v
+			return
+		}
+	}
+	e.env = append(e.env, k+"="+v)
+}
+
+// write writes a file under the env's directory and returns its path.
+func (e *fleetEnv) write(rel, content string) string {
+	e.t.Helper()
+	p := filepath.Join(e.dir, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// banger runs banger and returns its stdout, stderr and exit code.
+func (e *fleetEnv) banger(args ...string) (string, string, int) {
+	e.t.Helper()
+	cmd := exec.Command("banger", args...)
+	cmd.Env = e.env
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		code = exit.ExitCode()
+	} else if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Logf("$ banger %s\n%s%s(exit %d)", strings.Join(args, " "), stdout.String(), stderr.String(), code)
+	return stdout.String(), stderr.String(), code
+}
+
+// mustPull pulls and fails the test unless banger exits 0.
+func (e *fleetEnv) mustPull(args ...string) (string, string) {
+	e.t.Helper()
+	stdout, stderr, code := e.banger(append([]string{"image", "pull"}, args...)...)
+	if code != 0 {
+		e.t.Fatalf("banger image pull %s exited %d: %s", strings.Join(args, " "), code, stderr)
+	}
+	return stdout, stderr
+}
+
+func oneLineStderr(t *testing.T, stderr string) {
+	t.Helper()
+	if n := strings.Count(stderr, "\n"); n != 1 {
+		t.Errorf("stderr has %d lines, want 1: %q", n, stderr)
+	}
+}
+
+func layerDigests(t *testing.T, ref string) []string {
+	t.Helper()
+	img := testImages()[ref]
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range layers {
+		d, err := l.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, d.String())
+	}
+	return out
+}
+
+// TestFleetMirror pulls through a Distribution pull-through cache named by
+// a registries.conf drop-in, then with the mirror stopped (issue 14 §1).
+func TestFleetMirror(t *testing.T) {
+	upstream := startDistribution(t)
+	mirror := runDistribution(t, distributionConfig{proxyOf: upstream})
+	e := newFleetEnv(t)
+	// $CONTAINERS_REGISTRIES_CONF with a drop-in beside it, as a fleet's
+	// configuration management would lay them.
+	conf := e.write("containers/registries.conf", "unqualified-search-registries = [\"docker.io\"]\n")
+	e.write("containers/registries.conf.d/50-mirror.conf", fmt.Sprintf(`
+[[registry]]
+prefix = %q
+location = %q
+[[registry.mirror]]
+location = %q
+`, upstream, upstream, mirror.host))
+	e.setenv("CONTAINERS_REGISTRIES_CONF", conf)
+
+	stdout, stderr := e.mustPull("--json", upstream+"/app:2")
+	if stderr != "" {
+		t.Errorf("a pull through a working mirror printed %q on stderr", stderr)
+	}
+	if !strings.Contains(stdout, `"reference":"`+upstream+`/app:2"`) {
+		t.Errorf("the image's reference is not what was asked for: %s", stdout)
+	}
+	// The proxy fetched the blobs from upstream and keeps them.
+	for _, d := range layerDigests(t, "app:2") {
+		deadline := time.Now().Add(5 * time.Second)
+		for !mirror.hasBlob(d) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if !mirror.hasBlob(d) {
+			t.Errorf("the mirror's storage does not hold layer %s", d)
+		}
+	}
+	if log := mirror.log(t); !strings.Contains(log, "/v2/app/manifests/2") {
+		t.Errorf("the mirror's log shows no manifest request:\n%s", log)
+	}
+
+	// The mirror goes down: a pull with a fresh cache falls back to the
+	// primary, with one notice.
+	mirror.stop()
+	e.freshCache()
+	_, stderr = e.mustPull("-q", upstream+"/app:2")
+	oneLineStderr(t, stderr)
+	if want := "banger: mirror " + mirror.host + " failed for manifest: "; !strings.HasPrefix(stderr, want) || !strings.Contains(stderr, "; trying "+upstream) {
+		t.Errorf("fallback notice = %q, want %q… trying %s", stderr, want, upstream)
+	}
+}
+
+// TestFleetMirrorLacksImage passes over a mirror that does not have the
+// image (404), and one that answers 503, to the primary (issue 14 §1).
+func TestFleetMirrorLacksImage(t *testing.T) {
+	upstream := startDistribution(t)
+	empty := startRegistry(t) // has the test images, but not under fleet/
+	unavailable := newStatusServer(t, http.StatusServiceUnavailable)
+	e := newFleetEnv(t)
+	conf := e.write("r.conf", fmt.Sprintf(`
+[[registry]]
+location = %q
+[[registry.mirror]]
+location = "%s/fleet"
+[[registry.mirror]]
+location = %q
+`, upstream, empty, unavailable))
+	_, stderr := e.mustPull("-q", "--registries-conf", conf, upstream+"/app:2")
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "mirror "+empty+" failed for manifest") || !strings.Contains(lines[1], "mirror "+unavailable+" failed for manifest") || !strings.Contains(lines[1], "503") {
+		t.Errorf("stderr = %q, want one notice per failed mirror", stderr)
+	}
+}
+
+func newStatusServer(t *testing.T, code int) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(code) })}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
+}
+
+// TestFleetBlockedAndRewritten checks blocked = true and location rewrites
+// (issue 14 §1).
+func TestFleetBlockedAndRewritten(t *testing.T) {
+	upstream := startDistribution(t)
+	e := newFleetEnv(t)
+	conf := e.write("r.conf", fmt.Sprintf(`
+[[registry]]
+prefix = "fleet.invalid/team"
+location = "%s"
+
+[[registry]]
+prefix = "%s/base"
+location = "%s/base"
+blocked = true
+
+[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+blocked = true
+`, upstream, upstream, upstream))
+
+	stdout, _ := e.mustPull("--json", "--registries-conf", conf, "fleet.invalid/team/app:2")
+	if !strings.Contains(stdout, `"name":"fleet.invalid/team/app:2"`) || !strings.Contains(stdout, `"reference":"fleet.invalid/team/app:2"`) {
+		t.Errorf("a rewritten pull is not named as asked: %s", stdout)
+	}
+
+	for _, ref := range []string{upstream + "/base:1", "alpine:3.20"} {
+		_, stderr, code := e.banger("image", "pull", "--registries-conf", conf, ref)
+		if code != 1 || !strings.Contains(stderr, "blocked by the [[registry]] table with prefix") || !strings.Contains(stderr, conf) || !strings.Contains(stderr, "remove blocked = true") {
+			t.Errorf("pull %s: exit %d, stderr %q; want 1 and the blocking table", ref, code, stderr)
+		}
+		oneLineStderr(t, stderr)
+	}
+
+	// A malformed file is one line naming the file and the line.
+	bad := e.write("bad.conf", "[[registry]]\nlocation = \"x\"\ninsecure = yes\n")
+	_, stderr, code := e.banger("image", "pull", "--registries-conf", bad, upstream+"/app:2")
+	if code != 1 || !strings.HasPrefix(stderr, "banger: parsing "+bad+": line 3: ") {
+		t.Errorf("malformed registries.conf: exit %d, stderr %q", code, stderr)
+	}
+	oneLineStderr(t, stderr)
+}
+
+// testCA is a certificate authority made by the test, and a server
+// certificate it signed for 127.0.0.1.
+type testCA struct {
+	caFile, certFile, keyFile string
+}
+
+func newTestCA(t *testing.T) testCA {
+	t.Helper()
+	dir := t.TempDir()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "banger test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := testCA{caFile: filepath.Join(dir, "ca.crt"), certFile: filepath.Join(dir, "server.pem"), keyFile: filepath.Join(dir, "server.key")}
+	os.WriteFile(c.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644)
+	os.WriteFile(c.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	os.WriteFile(c.keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
+	return c
+}
+
+// pushOne pushes the test image app:2 to host with these options.
+func pushOne(t *testing.T, host string, opts ...remote.Option) {
+	t.Helper()
+	r, err := name.ParseReference(host + "/app:2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, testImages()["app:2"], append(opts, remote.WithContext(t.Context()))...); err != nil {
+		t.Fatalf("pushing %s: %v", r, err)
+	}
+}
+
+// TestFleetPrivateCA pulls from a TLS Distribution whose CA the test made:
+// refused without it, trusted through --cert-dir or a certs.d directory,
+// or with verification off (issue 14 §2).
+func TestFleetPrivateCA(t *testing.T) {
+	ca := newTestCA(t)
+	reg := runDistribution(t, distributionConfig{certFile: ca.certFile, keyFile: ca.keyFile})
+	pool := x509.NewCertPool()
+	caPEM, _ := os.ReadFile(ca.caFile)
+	pool.AppendCertsFromPEM(caPEM)
+	pushOne(t, reg.host, remote.WithTransport(&http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}))
+	e := newFleetEnv(t)
+	ref := reg.host + "/app:2"
+
+	_, stderr, code := e.banger("image", "pull", "-q", ref)
+	oneLineStderr(t, stderr)
+	if code != 1 || !strings.Contains(stderr, "x509: certificate signed by unknown authority") ||
+		!strings.Contains(stderr, "/etc/containers/certs.d/"+reg.host+"/ca.crt") || !strings.Contains(stderr, "--cert-dir") || strings.Contains(stderr, "use --insecure") {
+		t.Errorf("untrusted CA: exit %d, stderr %q; want 1 and a hint naming certs.d and --cert-dir", code, stderr)
+	}
+
+	certDir := filepath.Join(e.dir, "certs")
+	os.MkdirAll(certDir, 0o755)
+	os.WriteFile(filepath.Join(certDir, "ca.crt"), caPEM, 0o644)
+	e.mustPull("-q", "--cert-dir", certDir, ref)
+
+	// $HOME/.config/containers/certs.d/HOST:PORT/, with a fresh cache.
+	e.freshCache()
+	e.write("home/.config/containers/certs.d/"+reg.host+"/ca.crt", string(caPEM))
+	e.mustPull("-q", ref)
+
+	// --tls-verify=false, after the operand, without any CA.
+	os.RemoveAll(filepath.Join(e.home, ".config"))
+	e.freshCache()
+	e.mustPull("-q", ref, "--tls-verify=false")
+}
+
+// TestFleetCredentials pulls from a Distribution that requires basic auth,
+// with credentials from each file skopeo reads, in its order (issue 14 §2).
+func TestFleetCredentials(t *testing.T) {
+	wd, _ := os.Getwd()
+	reg := runDistribution(t, distributionConfig{htpasswd: filepath.Join(wd, "testdata/fleet/htpasswd")})
+	pushOne(t, reg.host, remote.WithAuth(&authn.Basic{Username: "fleet", Password: "s3cret"}))
+	ref := reg.host + "/app:2"
+	good := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, reg.host, base64.StdEncoding.EncodeToString([]byte("fleet:s3cret")))
+	bad := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, reg.host, base64.StdEncoding.EncodeToString([]byte("fleet:wrong")))
+
+	// Each file, in skopeo's order; the one before it holds a wrong
+	// password, which must win over it.
+	files := []struct {
+		name  string
+		setup func(e *fleetEnv, content string) []string // extra pull args
+	}{
+		{"--authfile", func(e *fleetEnv, c string) []string { return []string{"--authfile", e.write("flag.json", c)} }},
+		{"$REGISTRY_AUTH_FILE", func(e *fleetEnv, c string) []string { e.setenv("REGISTRY_AUTH_FILE", e.write("env.json", c)); return nil }},
+		{"$XDG_RUNTIME_DIR/containers/auth.json", func(e *fleetEnv, c string) []string {
+			e.write("run/containers/auth.json", c)
+			e.setenv("XDG_RUNTIME_DIR", filepath.Join(e.dir, "run"))
+			return nil
+		}},
+		{"$HOME/.config/containers/auth.json", func(e *fleetEnv, c string) []string { e.write("home/.config/containers/auth.json", c); return nil }},
+		{"$DOCKER_CONFIG/config.json", func(e *fleetEnv, c string) []string {
+			e.write("docker/config.json", c)
+			e.setenv("DOCKER_CONFIG", filepath.Join(e.dir, "docker"))
+			return nil
+		}},
+	}
+	for i, f := range files {
+		t.Run(f.name, func(t *testing.T) {
+			e := newFleetEnv(t)
+			args := append([]string{"-q", ref}, f.setup(e, good)...)
+			e.mustPull(args...)
+			if i > 0 && i < 3 {
+				// --authfile, $REGISTRY_AUTH_FILE and the XDG file are one
+				// slot: the first that is given is the one read there.
+				return
+			}
+			if i == 0 {
+				return
+			}
+			// A wrong password in an earlier file wins.
+			e.freshCache()
+			args = append(args, files[i-1].setup(e, bad)...)
+			_, stderr, code := e.banger(append([]string{"image", "pull"}, args...)...)
+			if code != 1 || !strings.Contains(stderr, "UNAUTHORIZED") {
+				t.Errorf("with a wrong password in %s: exit %d, stderr %q; want 401", files[i-1].name, code, stderr)
+			}
+		})
+	}
+	t.Run("~/.docker/config.json", func(t *testing.T) {
+		e := newFleetEnv(t)
+		e.write("home/.docker/config.json", good)
+		e.mustPull("-q", ref)
+	})
+	t.Run("none", func(t *testing.T) {
+		e := newFleetEnv(t)
+		_, stderr, code := e.banger("image", "pull", "-q", ref)
+		oneLineStderr(t, stderr)
+		if code != 1 || !strings.Contains(stderr, "podman login "+reg.host) {
+			t.Errorf("no credentials: exit %d, stderr %q", code, stderr)
+		}
+	})
+}
