@@ -469,7 +469,10 @@ func TestFleetCredentials(t *testing.T) {
 		setup func(e *fleetEnv, content string) []string // extra pull args
 	}{
 		{"--authfile", func(e *fleetEnv, c string) []string { return []string{"--authfile", e.write("flag.json", c)} }},
-		{"$REGISTRY_AUTH_FILE", func(e *fleetEnv, c string) []string { e.setenv("REGISTRY_AUTH_FILE", e.write("env.json", c)); return nil }},
+		{"$REGISTRY_AUTH_FILE", func(e *fleetEnv, c string) []string {
+			e.setenv("REGISTRY_AUTH_FILE", e.write("env.json", c))
+			return nil
+		}},
 		{"$XDG_RUNTIME_DIR/containers/auth.json", func(e *fleetEnv, c string) []string {
 			e.write("run/containers/auth.json", c)
 			e.setenv("XDG_RUNTIME_DIR", filepath.Join(e.dir, "run"))
