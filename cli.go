@@ -117,7 +117,7 @@ func (s *stdoutWriter) Write(p []byte) (int, error) {
 
 func exitCode(ctx context.Context, err error) int {
 	switch {
-	case errors.Is(err, errUsage), errors.Is(err, image.ErrUsage):
+	case errors.Is(err, errUsage), errors.Is(err, image.ErrInvalidReference), errors.Is(err, image.ErrInvalidPlatform), errors.Is(err, image.ErrInvalidName):
 		return exitUsage
 	case errors.Is(err, cache.ErrLockBusy):
 		return exitLockBusy
@@ -317,12 +317,60 @@ func printTemplate(w io.Writer, tmpl *template.Template, v any) error {
 
 func envCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "env",
-		Usage:     "print the resolved paths, like `go env`",
-		UsageText: "banger env [--json]\n\nExample:\n   banger env\n   BANGER_CACHE_DIR=/tmp/c banger env --json",
-		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag()}),
-		Action: withLayout(0, 0, "no arguments", func(c *cli.Context, l layout.Layout) error {
+		Name:  "env",
+		Usage: "print the resolved paths, like `go env`",
+		UsageText: `banger env [--json] [NAME...]
+
+With NAMEs, prints just those values, one a line (with --json, an object of
+them). BANGER_CACHE_DIR and BANGER_DATA_DIR are environment variables banger
+reads; the others are derived from them and are not read from the
+environment.
+
+Example:
+   banger env
+   banger env BANGER_LOCK_FILE
+   BANGER_CACHE_DIR=/tmp/c banger env --json`,
+		Flags: withFlags(pathFlags(), []cli.Flag{jsonFlag()}),
+		Action: withLayout(0, -1, "only variable NAMEs", func(c *cli.Context, l layout.Layout) error {
 			p := openCache(c, l).Paths()
+			vars := []struct {
+				name, value string
+				settable    bool
+			}{
+				{"BANGER_CACHE_DIR", l.CacheRoot, true},
+				{"BANGER_DATA_DIR", l.DataRoot, true},
+				{"BANGER_OCI_DIR", p.Dir, false},
+				{"BANGER_BLOBS_DIR", p.Blobs, false},
+				{"BANGER_TMP_DIR", p.Tmp, false},
+				{"BANGER_LOCK_FILE", p.Lock, false},
+				{"BANGER_GATE_FILE", p.Gate, false},
+				{"BANGER_IMAGES_DIR", l.ImagesDir, false},
+			}
+			if c.Args().Present() {
+				values := map[string]string{}
+				var known []string
+				for _, v := range vars {
+					values[v.name] = v.value
+					known = append(known, v.name)
+				}
+				// Every name is checked before anything is printed.
+				for _, name := range c.Args().Slice() {
+					if _, ok := values[name]; !ok {
+						return usageErr{fmt.Errorf("unknown variable %q; banger env knows %s", name, strings.Join(known, ", "))}
+					}
+				}
+				if c.Bool("json") {
+					picked := map[string]string{}
+					for _, name := range c.Args().Slice() {
+						picked[name] = values[name]
+					}
+					return printJSON(c.App.Writer, picked)
+				}
+				for _, name := range c.Args().Slice() {
+					fmt.Fprintln(c.App.Writer, values[name])
+				}
+				return nil
+			}
 			if c.Bool("json") {
 				return printJSON(c.App.Writer, struct {
 					CacheRoot string `json:"cache_root"`
@@ -335,17 +383,11 @@ func envCommand() *cli.Command {
 					ImagesDir string `json:"images_dir"`
 				}{l.CacheRoot, p.Dir, p.Blobs, p.Tmp, p.Lock, p.Gate, l.DataRoot, l.ImagesDir})
 			}
-			for _, kv := range [][2]string{
-				{"BANGER_CACHE_DIR", l.CacheRoot},
-				{"BANGER_OCI_DIR", p.Dir},
-				{"BANGER_BLOBS_DIR", p.Blobs},
-				{"BANGER_TMP_DIR", p.Tmp},
-				{"BANGER_LOCK_FILE", p.Lock},
-				{"BANGER_GATE_FILE", p.Gate},
-				{"BANGER_DATA_DIR", l.DataRoot},
-				{"BANGER_IMAGES_DIR", l.ImagesDir},
-			} {
-				fmt.Fprintf(c.App.Writer, "%s='%s'\n", kv[0], strings.ReplaceAll(kv[1], "'", `'\''`))
+			for i, v := range vars {
+				if i > 0 && !v.settable && vars[i-1].settable {
+					fmt.Fprintln(c.App.Writer, "# derived from the above; not read from the environment")
+				}
+				fmt.Fprintf(c.App.Writer, "%s='%s'\n", v.name, strings.ReplaceAll(v.value, "'", `'\''`))
 			}
 			return nil
 		}),
@@ -404,9 +446,14 @@ Example:
 				Notice:         func(msg string) { fmt.Fprintf(c.App.ErrWriter, "banger: %s\n", msg) },
 			}
 			var bar *progressLine
-			if !c.Bool("quiet") && isTerminal(c.App.ErrWriter) {
-				bar = &progressLine{w: c.App.ErrWriter, label: c.Args().First()}
+			switch {
+			case c.Bool("quiet"):
+			case isTerminal(c.App.ErrWriter):
+				bar = newProgressLine(c.App.ErrWriter, c.Args().First())
 				opts.Progress = bar.update
+			default:
+				// A CI log has no terminal to redraw: one line per layer.
+				opts.LayerDone = layerLogger(c.App.ErrWriter)
 			}
 			ctx := c.Context
 			if d := c.Duration("timeout"); d > 0 {
@@ -637,7 +684,7 @@ func pruneCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "prune",
 		Usage: "empty the blob cache, or evict blobs by age and size (flattened images are not affected)",
-		UsageText: `banger image cache prune [--dry-run] [--older-than DURATION] [--max-size SIZE] [--json]
+		UsageText: `banger image cache prune [--dry-run] [--older-than DURATION] [--max-size SIZE] [-q] [--json]
 
 Without filters, renames the cache aside under an exclusive lock held for
 milliseconds, recreates it empty, then deletes the aside. Pulls already
@@ -649,7 +696,8 @@ goes if either filter says so), least recently used first, re-checking each
 blob before removing it; blobs in use stay readable by the pulls using them.
 Abandoned temp files and leftovers of interrupted prunes always go.
 
---dry-run plans exactly as the real run does and changes nothing.
+--dry-run plans exactly as the real run does and changes nothing. -q prints
+nothing on success, for cron jobs that mail only failures.
 
 Example:
    banger image cache prune --dry-run
@@ -658,6 +706,7 @@ Example:
 			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "only report what would be freed"},
 			&cli.StringFlag{Name: "older-than", Usage: "remove blobs not used within `DURATION` (Go duration or days: 36h, 7d)"},
 			&cli.StringFlag{Name: "max-size", Usage: "remove least recently used blobs until the cache holds at most `SIZE` (20GiB, 500MB)"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print nothing on stdout (errors still go to stderr); --json still prints its document"},
 			jsonFlag(),
 		}),
 		Action: func(c *cli.Context) error {
@@ -694,7 +743,7 @@ Example:
 				if jerr := printJSON(c.App.Writer, out); jerr != nil {
 					return jerr
 				}
-			} else {
+			} else if !c.Bool("quiet") {
 				verb := "freed"
 				if dryRun {
 					verb = "would free"
@@ -748,29 +797,97 @@ func parseAge(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// progressLine redraws one stderr line with the bytes pulled so far, at most
-// ten times a second.
+// layerLogger prints one line per verified layer blob, for a log:
+// "fetched sha256:0123456789ab… 52 MiB" or "cached sha256:… 52 MiB".
+func layerLogger(w io.Writer) func(image.LayerDone) {
+	var mu sync.Mutex
+	return func(l image.LayerDone) {
+		verb := "fetched"
+		if l.Cached {
+			verb = "cached"
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		digest := l.Digest
+		if len(digest) > len("sha256:")+12 {
+			digest = digest[:len("sha256:")+12] + "…"
+		}
+		fmt.Fprintf(w, "%s %s %s\n", verb, digest, humanize.IBytes(uint64(l.Size)))
+	}
+}
+
+// progressLine redraws one stderr line with the pull's phase, the bytes
+// pulled so far and the rate, at most ten times a second. The line always
+// fits the terminal, so it never wraps and leaves a trail of lines behind.
 type progressLine struct {
 	w     io.Writer
 	label string
+	width int // the terminal's columns
+	start time.Time
 	mu    sync.Mutex
 	last  time.Time
 	drawn bool
 }
 
+func newProgressLine(w io.Writer, label string) *progressLine {
+	return &progressLine{w: w, label: label, width: terminalWidth(w), start: time.Now()}
+}
+
 func (p *progressLine) update(done, total int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if time.Since(p.last) < 100*time.Millisecond {
+	now := time.Now()
+	if now.Sub(p.last) < 100*time.Millisecond {
 		return
 	}
-	p.last = time.Now()
+	p.last = now
 	p.drawn = true
-	of := ""
-	if total > 0 {
-		of = " / " + humanize.IBytes(uint64(total))
+	fmt.Fprint(p.w, "\r\033[K"+renderProgress(p.label, done, total, now.Sub(p.start), p.width))
+}
+
+// renderProgress is the progress line for a terminal width columns wide:
+// "pulling REF: fetching 12 MiB / 52 MiB, 8.1 MiB/s". The reference is
+// shortened in the middle first, then the figures are dropped from the end,
+// so that the line takes at most width-1 columns (a line that fills the
+// last column makes some terminals wrap).
+func renderProgress(label string, done, total int64, elapsed time.Duration, width int) string {
+	done = max(done, 0)
+	phase := "fetching"
+	if total > 0 && done >= total {
+		phase = "flattening"
 	}
-	fmt.Fprintf(p.w, "\r\033[Kpulling %s: %s%s", p.label, humanize.IBytes(uint64(max(done, 0))), of)
+	figures := []string{phase + " " + humanize.IBytes(uint64(done))}
+	if total > 0 {
+		figures[0] += " / " + humanize.IBytes(uint64(total))
+	}
+	if elapsed >= time.Second && phase == "fetching" {
+		figures = append(figures, humanize.IBytes(uint64(float64(done)/elapsed.Seconds()))+"/s")
+	}
+	room := width - 1
+	for {
+		tail := ": " + strings.Join(figures, ", ")
+		head := "pulling "
+		if n := room - len([]rune(head+tail)); n >= min(len([]rune(label)), 12) {
+			return head + shorten(label, n) + tail
+		}
+		if len(figures) == 1 {
+			return shorten(head+label+tail, room)
+		}
+		figures = figures[:len(figures)-1]
+	}
+}
+
+// shorten cuts s to at most n runes, replacing its middle with "…".
+func shorten(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	if n <= 1 {
+		return string(r[:max(n, 0)])
+	}
+	keep := n - 1
+	return string(r[:keep-keep/2]) + "…" + string(r[len(r)-keep/2:])
 }
 
 func (p *progressLine) finish() {
@@ -782,6 +899,20 @@ func (p *progressLine) finish() {
 	if p.drawn {
 		fmt.Fprint(p.w, "\r\033[K")
 	}
+}
+
+// terminalWidth is w's width in columns: from the terminal, else $COLUMNS,
+// else 80.
+func terminalWidth(w io.Writer) int {
+	if f, ok := w.(*os.File); ok {
+		if ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ); err == nil && ws.Col > 0 {
+			return int(ws.Col)
+		}
+	}
+	if n, err := strconv.Atoi(os.Getenv("COLUMNS")); err == nil && n > 0 {
+		return n
+	}
+	return 80
 }
 
 func isTerminal(w io.Writer) bool {

@@ -249,7 +249,7 @@ location = %q
 `, upstream, upstream, mirror.host))
 	e.setenv("CONTAINERS_REGISTRIES_CONF", conf)
 
-	stdout, stderr := e.mustPull("--json", upstream+"/app:2")
+	stdout, stderr := e.mustPull("-q", "--json", upstream+"/app:2")
 	if stderr != "" {
 		t.Errorf("a pull through a working mirror printed %q on stderr", stderr)
 	}

@@ -99,6 +99,8 @@ func TestFilesystemFaults(t *testing.T) {
 func TestPermissions(t *testing.T) {
 	host := startRegistry(t)
 	e := newBangerEnv(t, host)
+	// The umask is the process's: safe only because neither this test nor
+	// any other in the package calls t.Parallel.
 	old := syscall.Umask(0o022)
 	defer syscall.Umask(old)
 	e.run("image", "pull", "-q", host+"/app:1")
@@ -138,10 +140,12 @@ func TestProgressOnTerminal(t *testing.T) {
 		name         string
 		command      string
 		wantProgress bool
+		cols         int // the terminal's width, when the command sets it
 	}{
-		{"terminal", e.bin + " image pull --name a oci:" + layout + ":1.0", true},
-		{"quiet", e.bin + " image pull --quiet --name b oci:" + layout + ":1.0", false},
-		{"stderr not a terminal", e.bin + " image pull --name c oci:" + layout + ":1.0 2>/dev/null", false},
+		{"terminal", e.bin + " image pull --name a oci:" + layout + ":1.0", true, 0},
+		{"narrow terminal", "stty cols 30 && " + e.bin + " image pull --name d oci:" + layout + ":1.0", true, 30},
+		{"quiet", e.bin + " image pull --quiet --name b oci:" + layout + ":1.0", false, 0},
+		{"stderr not a terminal", e.bin + " image pull --name c oci:" + layout + ":1.0 2>/dev/null", false, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -151,8 +155,14 @@ func TestProgressOnTerminal(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v: %s", tt.command, err, out)
 			}
-			if got := strings.Contains(string(out), "pulling oci:"); got != tt.wantProgress {
+			if got := strings.Contains(string(out), "pulling "); got != tt.wantProgress {
 				t.Errorf("progress shown = %v, want %v; terminal output: %q", got, tt.wantProgress, out)
+			}
+			// The progress line never wraps: it fits the terminal.
+			for _, seg := range strings.FieldsFunc(strings.ReplaceAll(string(out), "\033[K", ""), func(r rune) bool { return r == '\r' || r == '\n' }) {
+				if strings.Contains(seg, "pulling ") && tt.cols > 0 && len([]rune(seg)) >= tt.cols {
+					t.Errorf("progress line %q takes %d columns of a %d-column terminal", seg, len([]rune(seg)), tt.cols)
+				}
 			}
 		})
 	}

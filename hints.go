@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -29,6 +30,8 @@ func hint(err error) string {
 		return "move it away or choose another --cache-dir"
 	case errors.Is(err, cache.ErrSymlink):
 		return "point --cache-dir at the real location instead"
+	case errors.Is(err, cache.ErrForeignLock):
+		return "remove that file (banger recreates it) or use your own --cache-dir"
 	case errors.Is(err, cache.ErrDamaged):
 		return "run `banger image cache prune` to start afresh"
 	// end of cache
@@ -42,6 +45,17 @@ func hint(err error) string {
 	// end of registries
 	case errors.Is(err, fs.ErrPermission):
 		return "it belongs to another user: run banger as its owner (root for /var/cache/banger and /var/lib/banger), or choose your own with --cache-dir/--data-dir"
+	// image: keep these cases together, at the bottom.
+	case errors.Is(err, image.ErrNotFound):
+		return "run `banger image ls` to see the images there are"
+	case errors.Is(err, image.ErrInvalidPlatform):
+		return "choose one with --platform OS/ARCH[/VARIANT]"
+	case errors.Is(err, image.ErrInvalidName):
+		return "choose another with --name"
+	case errors.Is(err, image.ErrUnreachable) && !errors.Is(err, context.DeadlineExceeded):
+		// A deadline has the --timeout hint already, and plain HTTP is
+		// not what a slow registry needs.
+		return "use --insecure for a plain-HTTP registry other than localhost"
 	}
 	return ""
 }

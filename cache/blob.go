@@ -269,6 +269,9 @@ func (c *Cache) discard(ctx context.Context, name string, opened fs.FileInfo) er
 // is missing; an exclusive holder (eviction) creates nothing, and gets a nil
 // r when the cache is not there (its leftovers may still be).
 func (c *Cache) withDir(ctx context.Context, mode lockMode, fn func(r *os.Root) error) error {
+	if err := c.nested(); err != nil {
+		return err
+	}
 	unlock, err := c.lock(ctx, mode)
 	if err != nil {
 		return err
@@ -300,8 +303,14 @@ func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.F
 	)
 	err = c.withDir(ctx, shared, func(r *os.Root) error {
 		var err error
-		tmp, err = r.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
+		p := c.perms()
+		tmp, err = r.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_EXCL, p.file)
 		if err != nil {
+			return err
+		}
+		if err := p.fixFile(tmp); err != nil {
+			tmp.Close()
+			r.Remove(tmpName)
 			return err
 		}
 		// The caller gets its own read-only descriptor: the published blob

@@ -235,6 +235,7 @@ func (c *Cache) evict(ctx context.Context, p Policy, dryRun bool, rep *Report) {
 		batch := evict[start:min(start+evictBatch, len(evict))]
 		last := start+evictBatch >= len(evict)
 		err := c.withDir(ctx, exclusive, func(r *os.Root) error {
+			rep.changed = true
 			c.removeBlobs(r, batch, rep)
 			if last {
 				leftovers = c.garbage(r, rep)

@@ -2,11 +2,10 @@ package cache
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/gofrs/flock"
@@ -42,16 +41,15 @@ const (
 // released by the kernel with its file descriptors: there are no stale locks.
 func (c *Cache) lock(ctx context.Context, mode lockMode) (unlock func(), err error) {
 	excl := mode == exclusive
-	if err := os.MkdirAll(filepath.Dir(c.lockPath), dirPerm); err != nil {
+	p := c.perms()
+	if err := p.mkdirAll(filepath.Dir(c.lockPath)); err != nil {
 		return nil, fmt.Errorf("creating lock directory: %w", err)
 	}
-	w := &waiter{c: c, start: time.Now()}
+	w := &waiter{c: c, perms: p, start: time.Now()}
 	gate, err := w.acquire(ctx, c.gatePath(), true)
-	if err != nil && !(errors.Is(err, fs.ErrPermission) && !excl) {
+	if err != nil {
 		return nil, err
 	}
-	// A reader of a system cache who may not create the gate file still
-	// measures it; it just does not queue behind a waiting prune.
 	main, err := w.acquire(ctx, c.lockPath, excl)
 	if err != nil {
 		if gate != nil {
@@ -103,6 +101,7 @@ func (e *LockBusyError) Is(target error) bool { return target == ErrLockBusy }
 // lock call.
 type waiter struct {
 	c       *Cache
+	perms   perms
 	start   time.Time
 	noticed bool
 }
@@ -110,19 +109,33 @@ type waiter struct {
 // acquire polls for one flock, since flock(2) cannot wait with a deadline.
 func (w *waiter) acquire(ctx context.Context, path string, exclusive bool) (*flock.Flock, error) {
 	c := w.c
-	// 0644 (less umask) so that unprivileged users can take the shared
-	// lock on a system cache to measure it.
-	fl := flock.New(path, flock.SetPermissions(filePerm))
+	// Private (perms): no other user may open the lock, or they could
+	// hold it for ever. O_NOFOLLOW: the lock is this file, not one a link
+	// points to.
+	fl := flock.New(path, flock.SetPermissions(w.perms.file), flock.SetFlag(os.O_CREATE|os.O_RDWR|syscall.O_NOFOLLOW))
 	try := fl.TryRLock
 	if exclusive {
 		try = fl.TryLock
 	}
 	delay := pollMin
-	for {
+	for checked := false; ; {
 		ok, err := try()
 		if err != nil {
 			fl.Close()
 			return nil, fmt.Errorf("locking %s: %w", path, err)
+		}
+		// Checked once the file exists, taken or not, and before any
+		// wait: a foreign lock is refused, never waited on.
+		if !checked {
+			checked = true
+			info, err := os.Lstat(path)
+			if err == nil {
+				err = w.perms.checkOwner(path, info)
+			}
+			if err != nil {
+				fl.Close()
+				return nil, err
+			}
 		}
 		if ok {
 			return fl, nil

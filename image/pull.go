@@ -5,6 +5,12 @@
 // Use Pull to import an image and Store to list, inspect and remove what was
 // imported. A flattened image never depends on the blobs that sourced it:
 // pruning the cache leaves every image intact.
+//
+// Errors wrap the sentinels in errors.go (ErrInvalidReference,
+// ErrInvalidPlatform, ErrInvalidName for mistakes in what was asked;
+// ErrNotFound, ErrUnreachable, ErrStalled, ErrRedirect, ErrTooLarge,
+// ErrUnsupported for what went wrong), so that a caller can choose exit
+// codes and advice. Print strings from images with Escape.
 package image
 
 import (
@@ -22,6 +28,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/banger/banger/cache"
@@ -69,12 +76,29 @@ type PullOptions struct {
 	Jobs int
 	// Transport replaces the HTTP transport for registry requests.
 	Transport http.RoundTripper
+	// StallTimeout fails a registry request that makes no progress (no
+	// connection, no response headers, no body bytes) for this long, even
+	// when ctx has no deadline; 0 means DefaultStallTimeout. A stalled
+	// request is not retried.
+	StallTimeout time.Duration
 	// Progress, if set, is called with the layer bytes done and the total
 	// (0 when the source does not say) as they change. It is called from
 	// one goroutine at a time.
 	Progress func(done, total int64)
+	// LayerDone, if set, is called once for each layer blob as soon as it is
+	// verified in the cache, from the goroutine that fetched it, so that a
+	// log without a terminal can show progress one line per layer.
+	LayerDone func(LayerDone)
 	// Now is the clock for pulled_at; nil means time.Now.
 	Now func() time.Time
+}
+
+// LayerDone describes a layer blob that is verified in the cache.
+type LayerDone struct {
+	Index  int    // 0 is the bottom layer
+	Digest string // "sha256:<hex>"
+	Size   int64  // bytes of the blob
+	Cached bool   // true when the cache had it: no byte was downloaded
 }
 
 // Pull imports ref into store s, passing every layer blob through cache c,
@@ -83,7 +107,20 @@ type PullOptions struct {
 //
 // Every blob is verified against its digest whatever the source, and every
 // layer's uncompressed content against the config's diff_ids.
+//
+// Errors read with control characters escaped (see Escape), since they
+// carry what sources say; errors.Is still finds the sentinels they wrap.
 func Pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOptions) (Image, error) {
+	img, err := pull(ctx, c, s, ref, opts)
+	return img, escapeError(err)
+}
+
+func pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOptions) (Image, error) {
+	if opts.Name != "" {
+		if err := ValidateName(opts.Name); err != nil {
+			return Image{}, err
+		}
+	}
 	if opts.Jobs <= 0 {
 		opts.Jobs = DefaultJobs
 	}
@@ -106,17 +143,27 @@ func Pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 	if err != nil {
 		return Image{}, err
 	}
-	meta, err := readMetadata(src, ref)
+	defer src.close()
+	meta, err := readMetadata(ctx, src, ref)
 	if err != nil {
 		return Image{}, err
 	}
 	meta.image.Platform = platformString(platform)
 	if meta.config.OS != "" {
-		meta.image.Platform = platformString(v1.Platform{OS: meta.config.OS, Architecture: meta.config.Architecture, Variant: meta.config.Variant})
+		has := v1.Platform{OS: meta.config.OS, Architecture: meta.config.Architecture, Variant: meta.config.Variant}
+		meta.image.Platform = platformString(has)
+		// Like docker, a platform asked of a single-platform image is a
+		// requirement, not a preference (an index was already matched).
+		if opts.Platform != "" && !src.picked && (has.OS != platform.OS || has.Architecture != platform.Architecture ||
+			platform.Variant != "" && has.Variant != platform.Variant) {
+			return Image{}, errorf(ErrInvalidPlatform, "%s is a single-platform image for %s, not %s", ref, platformString(has), platformString(platform))
+		}
 	}
 	meta.image.Name = src.name
 	if opts.Name != "" {
 		meta.image.Name = opts.Name
+	} else if err := checkDerivedName(src.name); err != nil {
+		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
 	meta.image.Reference = ref
 	meta.image.PulledAt = opts.Now()
@@ -150,22 +197,16 @@ type metadata struct {
 	diffIDs []v1.Hash
 }
 
-// readMetadata reads and checks the manifest and config.
-func readMetadata(src *source, ref string) (*metadata, error) {
+// readMetadata reads and checks the manifest and config. Every descriptor
+// is checked (digest, size, foreign URLs) before anything it names is read.
+func readMetadata(ctx context.Context, src *source, ref string) (*metadata, error) {
 	meta := &metadata{}
-	rawConfig, err := src.img.RawConfigFile()
-	if err != nil {
-		return nil, fmt.Errorf("pull %s: reading image config: %w", ref, err)
-	}
-	if src.kind == "docker-archive" {
-		// A docker save archive has no manifest of its own: ggcr would
-		// synthesize one by gzipping every layer. The config's diff IDs are
-		// what its layers are checked against.
-		layers, err := src.img.Layers()
-		if err != nil {
-			return nil, fmt.Errorf("pull %s: listing layers: %w", ref, err)
+	var rawConfig []byte
+	if !src.kind.hasManifest() {
+		var err error
+		if rawConfig, err = src.readConfig(ctx, v1.Descriptor{}); err != nil {
+			return nil, fmt.Errorf("pull %s: reading image config: %w", ref, err)
 		}
-		meta.layers = make([]v1.Descriptor, len(layers))
 		// Its config is named by its digest, which ggcr does not check.
 		if src.configDigest != (v1.Hash{}) && sha256Hex(rawConfig) != src.configDigest.Hex {
 			return nil, fmt.Errorf("pull %s: config content is sha256:%s, manifest.json says %s; the archive is corrupt", ref, sha256Hex(rawConfig), src.configDigest)
@@ -184,18 +225,36 @@ func readMetadata(src *source, ref string) (*metadata, error) {
 		if err != nil {
 			return nil, fmt.Errorf("pull %s: parsing manifest: %w", ref, err)
 		}
+		if m.SchemaVersion != 2 {
+			return nil, errorf(ErrUnsupported, "pull %s: manifest has schemaVersion %d; banger reads only schemaVersion 2", ref, m.SchemaVersion)
+		}
 		if m.MediaType != "" && !m.MediaType.IsImage() {
-			return nil, fmt.Errorf("pull %s: unsupported manifest media type %s; banger pulls OCI and Docker v2 images", ref, m.MediaType)
+			return nil, errorf(ErrUnsupported, "pull %s: unsupported manifest media type %s; banger pulls OCI and Docker v2 images", ref, m.MediaType)
 		}
 		if !m.Config.MediaType.IsConfig() {
-			return nil, fmt.Errorf("pull %s: not a container image: config media type is %s (an OCI artifact?)", ref, m.Config.MediaType)
+			return nil, errorf(ErrUnsupported, "pull %s: not a container image: config media type is %s (an OCI artifact?)", ref, m.Config.MediaType)
+		}
+		if err := checkDescriptor("config", m.Config, maxConfigSize); err != nil {
+			return nil, fmt.Errorf("pull %s: %w", ref, err)
 		}
 		for i, l := range m.Layers {
 			if !l.MediaType.IsLayer() {
-				return nil, fmt.Errorf("pull %s: layer %d has unsupported media type %s", ref, i, l.MediaType)
+				return nil, errorf(ErrUnsupported, "pull %s: layer %d has unsupported media type %s", ref, i, l.MediaType)
+			}
+			if err := checkDescriptor(fmt.Sprintf("layer %d", i), l, maxLayerSize); err != nil {
+				return nil, fmt.Errorf("pull %s: %w", ref, err)
+			}
+			// A foreign (non-distributable) layer names hosts to fetch it
+			// from: requests to addresses the manifest chooses. banger
+			// fetches only from the source the user named.
+			if len(l.URLs) > 0 {
+				return nil, errorf(ErrUnsupported, "pull %s: layer %d (%s) is a foreign layer to be fetched from %q; banger fetches layers only from the image's own source", ref, i, l.Digest, l.URLs[0])
 			}
 		}
 		meta.layers = m.Layers
+		if rawConfig, err = src.readConfig(ctx, m.Config); err != nil {
+			return nil, fmt.Errorf("pull %s: reading image config: %w", ref, err)
+		}
 		// ggcr verifies neither layout nor archive configs; the config is
 		// the root of trust for diff IDs, so check it everywhere.
 		if got := sha256Hex(rawConfig); got != m.Config.Digest.Hex {
@@ -206,8 +265,29 @@ func readMetadata(src *source, ref string) (*metadata, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pull %s: parsing config: %w", ref, err)
 	}
+	if !src.kind.hasManifest() {
+		// docker save keeps layers as plain tars named by diff ID: the
+		// cache stores exactly those bytes, verified against the config.
+		layers, err := src.img.Layers()
+		if err != nil {
+			return nil, fmt.Errorf("pull %s: listing layers: %w", ref, err)
+		}
+		if len(layers) == len(cfg.RootFS.DiffIDs) {
+			meta.layers = make([]v1.Descriptor, len(layers))
+			for i, d := range cfg.RootFS.DiffIDs {
+				meta.layers[i] = v1.Descriptor{Digest: d, Size: -1}
+			}
+		} else {
+			meta.layers = make([]v1.Descriptor, len(layers))
+		}
+	}
 	if len(cfg.RootFS.DiffIDs) != len(meta.layers) {
 		return nil, fmt.Errorf("pull %s: image has %d layers but its config lists %d diff_ids; the image is malformed", ref, len(meta.layers), len(cfg.RootFS.DiffIDs))
+	}
+	for i, d := range cfg.RootFS.DiffIDs {
+		if d.Algorithm != "sha256" || !isHex64(d.Hex) {
+			return nil, errorf(ErrUnsupported, "pull %s: layer %d has diff_id %q: banger reads only sha256 digests", ref, i, d.String())
+		}
 	}
 	meta.config = cfg
 	meta.diffIDs = cfg.RootFS.DiffIDs
@@ -223,6 +303,7 @@ func readMetadata(src *source, ref string) (*metadata, error) {
 
 // fetches are the layer blobs being passed through the cache.
 type fetches struct {
+	mu    sync.Mutex // guards files
 	files []*os.File
 	errs  []error
 	// cause is the first fetch failure that came while the pull was still
@@ -230,34 +311,52 @@ type fetches struct {
 	causeOnce sync.Once
 	cause     error
 	done      []chan struct{} // done[i] is closed when layer i is fetched or failed
-	wg        sync.WaitGroup
+	// open holds a token for each verified blob file held open: an image
+	// of 2,000 layers must not hold 2,000 descriptors.
+	open chan struct{}
+	wg   sync.WaitGroup
 }
 
 // file waits for layer i and returns its open, verified blob file,
-// positioned at the start.
-func (f *fetches) file(ctx context.Context, i int) (*os.File, error) {
+// positioned at the start, and the function that closes it.
+func (f *fetches) file(ctx context.Context, i int) (*os.File, func(), error) {
 	select {
 	case <-f.done[i]:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	}
 	if f.errs[i] != nil {
-		return nil, f.errs[i]
+		return nil, nil, f.errs[i]
 	}
-	if _, err := f.files[i].Seek(0, io.SeekStart); err != nil {
-		return nil, err
+	f.mu.Lock()
+	file := f.files[i]
+	f.mu.Unlock()
+	if file == nil {
+		return nil, nil, fmt.Errorf("layer %d: blob already closed", i)
 	}
-	return f.files[i], nil
+	if _, err := file.Seek(0, io.SeekStart); err != nil {
+		return nil, nil, err
+	}
+	return file, func() { f.release(i) }, nil
+}
+
+// release closes layer i's blob file, if open, and frees its token.
+func (f *fetches) release(i int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.files[i] != nil {
+		f.files[i].Close()
+		f.files[i] = nil
+		<-f.open
+	}
 }
 
 // wait waits for every fetch to end, closes the blob files and returns the
 // failure that caused the others, if any.
 func (f *fetches) wait() error {
 	f.wg.Wait()
-	for _, file := range f.files {
-		if file != nil {
-			file.Close()
-		}
+	for i := range f.files {
+		f.release(i)
 	}
 	if f.cause != nil {
 		return f.cause
@@ -266,20 +365,21 @@ func (f *fetches) wait() error {
 }
 
 // fetchLayers starts passing every layer blob through the cache, opts.Jobs at
-// a time, top layer first because flattening reads it first. On the first
-// failure it calls cancel, which must end ctx and the context src was
-// resolved with, so that the other downloads stop. The caller must call
-// wait on the result.
+// a time, top layer first because flattening reads it first. At most
+// 2×opts.Jobs verified blobs are held open: a fetch starts only when the
+// flattener has released enough of those before it. On the first failure
+// it calls cancel, which must end ctx and the context src was resolved
+// with, so that the other downloads stop. The caller must call wait on the
+// result.
 func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache, src *source, meta *metadata, opts PullOptions) (*fetches, error) {
-	layers, err := src.img.Layers()
-	if err != nil {
-		return nil, fmt.Errorf("pull %s: listing layers: %w", meta.image.Reference, err)
-	}
+	n := len(meta.layers)
 	var total int64
-	if !src.uncompressedBlobs {
-		for _, l := range meta.layers {
-			total += l.Size
+	for _, l := range meta.layers {
+		if l.Size < 0 {
+			total = 0 // the source does not say
+			break
 		}
+		total += l.Size
 	}
 	var (
 		mu   sync.Mutex
@@ -296,12 +396,13 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 	}
 
 	f := &fetches{
-		files: make([]*os.File, len(layers)),
-		errs:  make([]error, len(layers)),
-		done:  make([]chan struct{}, len(layers)),
+		files: make([]*os.File, n),
+		errs:  make([]error, n),
+		done:  make([]chan struct{}, n),
+		open:  make(chan struct{}, 2*opts.Jobs),
 	}
-	queue := make(chan int, len(layers))
-	for i := len(layers) - 1; i >= 0; i-- {
+	queue := make(chan int, n)
+	for i := n - 1; i >= 0; i-- {
 		f.done[i] = make(chan struct{})
 		queue <- i
 	}
@@ -310,36 +411,34 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 		defer close(f.done[i])
 		if err := ctx.Err(); err != nil {
 			f.errs[i] = err
+			<-f.open
 			return
 		}
-		layer := layers[i]
+		d := meta.layers[i]
+		// Fetch calls Open only on a miss: that tells a cached layer
+		// from a downloaded one.
+		var downloaded atomic.Bool
 		b := cache.Blob{
-			Digest:   meta.layers[i].Digest.String(),
-			Size:     meta.layers[i].Size,
-			Source:   meta.image.Reference,
-			Open:     func(context.Context) (io.ReadCloser, error) { return layer.Compressed() },
-			Progress: progress,
-		}
-		if src.openBlob != nil {
-			// A registry blob comes from the endpoint that served the
-			// manifest, or the next one if that mirror lacks it.
-			d := meta.layers[i].Digest
-			b.Open = func(ctx context.Context) (io.ReadCloser, error) { return src.openBlob(ctx, d) }
-		}
-		if src.kind != "registry" {
-			// A local file that fails to verify will fail again.
-			b.Retryable = func(error) bool { return false }
-		} else {
-			b.Retryable = retryable
-		}
-		if src.uncompressedBlobs {
-			// docker save keeps layers as plain tars named by diff ID:
-			// cache exactly those bytes, verified against the config.
-			b.Digest, b.Size = meta.diffIDs[i].String(), -1
-			b.Open = func(context.Context) (io.ReadCloser, error) { return layer.Uncompressed() }
+			Digest: d.Digest.String(),
+			Size:   d.Size,
+			Source: Escape(meta.image.Reference),
+			Open: func(ctx context.Context) (io.ReadCloser, error) {
+				downloaded.Store(true)
+				return src.openBlob(ctx, d)
+			},
+			Retryable: src.kind.retryable,
+			Progress:  progress,
 		}
 		file, err := c.Fetch(ctx, b)
+		if err == nil && opts.LayerDone != nil {
+			size := d.Size
+			if fi, serr := file.Stat(); serr == nil {
+				size = fi.Size()
+			}
+			opts.LayerDone(LayerDone{Index: i, Digest: b.Digest, Size: size, Cached: !downloaded.Load()})
+		}
 		if err != nil {
+			<-f.open
 			f.errs[i] = fmt.Errorf("layer %d: %w", i, err)
 			if ctx.Err() == nil {
 				f.causeOnce.Do(func() { f.cause = f.errs[i] })
@@ -347,11 +446,26 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 			cancel() // one failed layer fails the pull: stop the others
 			return
 		}
+		f.mu.Lock()
 		f.files[i] = file
+		f.mu.Unlock()
 	}
-	for range min(opts.Jobs, len(layers)) {
+	for range min(opts.Jobs, n) {
 		f.wg.Go(func() {
-			for i := range queue {
+			for {
+				// The token is taken before the layer, and layers leave
+				// the queue in the order the flattener reads them: the
+				// blobs held open are always the next ones it needs.
+				select {
+				case f.open <- struct{}{}:
+				case <-ctx.Done():
+					return
+				}
+				i, ok := <-queue
+				if !ok {
+					<-f.open
+					return
+				}
 				fetch(i)
 			}
 		})
@@ -375,9 +489,12 @@ func firstError(errs []error) error {
 }
 
 // retryable says whether a registry failure may go away on its own: a
-// client error such as 401 or 404 will not.
+// client error such as 401 or 404 will not, nor a refusal of banger's own
+// (a stall, a redirect loop, a cap): a server that stalled once is not
+// waited on again.
 func retryable(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, ErrStalled) || errors.Is(err, ErrRedirect) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrUnsupported) {
 		return false
 	}
 	var terr *transport.Error
@@ -389,8 +506,8 @@ func retryable(err error) bool {
 }
 
 // writeRootfs flattens the layers into dir/rootfs.tar; layer(ctx, i) waits
-// for layer i's blob.
-func writeRootfs(ctx context.Context, dir string, layer func(context.Context, int) (*os.File, error), diffIDs []v1.Hash) error {
+// for layer i's blob and returns it with the function that closes it.
+func writeRootfs(ctx context.Context, dir string, layer func(context.Context, int) (*os.File, func(), error), diffIDs []v1.Hash) error {
 	out, err := os.OpenFile(filepath.Join(dir, rootfsName), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err
@@ -400,11 +517,16 @@ func writeRootfs(ctx context.Context, dir string, layer func(context.Context, in
 	layers := make([]flattenLayer, len(diffIDs))
 	for i := range layers {
 		layers[i] = flattenLayer{open: func() (io.ReadCloser, error) {
-			f, err := layer(ctx, i)
+			f, release, err := layer(ctx, i)
 			if err != nil {
 				return nil, err
 			}
-			return uncompress(f, i, diffIDs[i])
+			rc, err := uncompress(f, i, diffIDs[i])
+			if err != nil {
+				release()
+				return nil, err
+			}
+			return &releasingReader{ReadCloser: rc, release: release}, nil
 		}}
 	}
 	if err := flatten(ctx, w, layers, dir); err != nil {
@@ -470,6 +592,19 @@ func (d *diffIDReader) Read(p []byte) (int, error) {
 }
 
 func (d *diffIDReader) Close() error { d.close(); return nil }
+
+// releasingReader closes the layer's blob file when the flattener is done
+// with it, so that the next fetch can open one.
+type releasingReader struct {
+	io.ReadCloser
+	release func()
+}
+
+func (r *releasingReader) Close() error {
+	err := r.ReadCloser.Close()
+	r.release()
+	return err
+}
 
 func sha256Hex(b []byte) string {
 	sum := sha256.Sum256(b)

@@ -216,7 +216,7 @@ type Endpoint struct {
 func (r Registries) Endpoints(ref string) ([]Endpoint, error) {
 	parsed, err := name.ParseReference(ref)
 	if err != nil {
-		return nil, usagef("parsing reference %q: %v; expected e.g. alpine:3.20, 127.0.0.1:5000/x:y, oci:DIR[:TAG] or docker-archive:FILE[:REF]", ref, err)
+		return nil, errorf(ErrInvalidReference, "parsing reference %q: %v; expected e.g. alpine:3.20, 127.0.0.1:5000/x:y, oci:DIR[:TAG] or docker-archive:FILE[:REF]", ref, err)
 	}
 	full, byDigest := canonicalRef(parsed)
 	best, bestLen := -1, -1

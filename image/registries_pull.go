@@ -11,10 +11,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // ErrCertificate is matched (errors.Is) by a failure to verify a registry's
@@ -42,9 +45,10 @@ func (e *CertificateError) Is(target error) bool { return target == ErrCertifica
 // endpointClient is one endpoint with what it takes to talk to it.
 type endpointClient struct {
 	Endpoint
-	ref  name.Reference
-	opts []remote.Option
-	dir  string // certs.d directory used
+	ref       name.Reference
+	transport http.RoundTripper // guarded, with the endpoint's TLS
+	auth      authn.Authenticator
+	dir       string // certs.d directory used
 }
 
 // registryEndpoints resolves registries.conf, certificates and credentials
@@ -77,15 +81,9 @@ func registryEndpoints(ctx context.Context, ref string, opts PullOptions) ([]end
 		if err != nil {
 			return nil, err
 		}
-		ec := endpointClient{Endpoint: ep, ref: r}
-		ec.opts = []remote.Option{
-			remote.WithContext(ctx),
-			remote.WithAuth(cred.Authenticator()),
-			remote.WithUserAgent("banger"),
-		}
-		if opts.Transport != nil {
-			ec.opts = append(ec.opts, remote.WithTransport(opts.Transport))
-		} else {
+		ec := endpointClient{Endpoint: ep, ref: r, auth: cred.Authenticator()}
+		base := opts.Transport
+		if base == nil {
 			certs, err := ResolveCerts(CertsSource{CertDir: opts.CertDir, Getenv: getenv, ReadDir: os.ReadDir, ReadFile: os.ReadFile}, host)
 			if err != nil {
 				return nil, err
@@ -96,73 +94,113 @@ func registryEndpoints(ctx context.Context, ref string, opts PullOptions) ([]end
 			}
 			t := remote.DefaultTransport.(*http.Transport).Clone()
 			t.TLSClientConfig = tlsConfig
-			ec.opts = append(ec.opts, remote.WithTransport(t))
-			ec.dir = certs.Dir
+			base, ec.dir = t, certs.Dir
 		}
-		if opts.Jobs > 0 {
-			// ggcr bounds concurrent blob GETs itself (remote.WithJobs, 4 by
-			// default), beneath banger's own bound: without this, --jobs above
-			// 4 would silently fetch 4 layers at a time.
-			ec.opts = append(ec.opts, remote.WithJobs(opts.Jobs))
-		}
-		if ep.Mirror {
-			// A failing mirror is passed over for the next endpoint at
-			// once, rather than after ggcr's 13 s of retries.
-			ec.opts = append(ec.opts, remote.WithRetryBackoff(remote.Backoff{Steps: 1}))
-		}
+		ec.transport = newGuardTransport(base, opts.StallTimeout)
 		out = append(out, ec)
 	}
 	return out, nil
 }
 
-// getManifest asks each endpoint in turn for the manifest, passing over a
-// mirror that fails with one notice, and returns the descriptor and the
-// index of the endpoint that served it. The last endpoint, the primary,
-// fails the pull.
-func getManifest(ctx context.Context, eps []endpointClient, notice func(string)) (*remote.Descriptor, int, error) {
+// endpointBlobs reads from the endpoint that served the manifest, and from
+// the endpoints after it when that one is a mirror that fails.
+type endpointBlobs struct {
+	ctx    context.Context
+	eps    []endpointClient
+	served int
+	notice func(string)
+
+	mu    sync.Mutex
+	repos []*registryRepo // by endpoint, made when first needed
+}
+
+// fetchManifest asks each endpoint in turn for the manifest, passing over
+// a mirror that fails with one notice. The last endpoint, the primary,
+// fails the pull; its index is then blobs.served.
+func fetchManifest(ctx context.Context, eps []endpointClient, notice func(string)) (*endpointBlobs, []byte, types.MediaType, error) {
+	b := &endpointBlobs{ctx: ctx, eps: eps, notice: notice, repos: make([]*registryRepo, len(eps))}
 	for i, ep := range eps {
-		desc, err := remote.Get(ep.ref, ep.opts...)
+		b.served = i
+		reg, err := b.repo(i)
 		if err == nil {
-			return desc, i, nil
+			var raw []byte
+			var mt types.MediaType
+			if raw, mt, err = reg.manifest(ctx, ep.ref.Identifier()); err == nil {
+				return b, raw, mt, nil
+			}
 		}
 		err = certificateError(ep, err)
 		if !ep.Mirror || ctx.Err() != nil {
-			return nil, i, err
+			return b, nil, "", err
 		}
-		mirrorNotice(notice, ep, eps[i+1], "manifest", err)
+		b.mirrorNotice(ep, eps[i+1], "manifest", err)
 	}
 	panic("unreachable: the last endpoint is never a mirror")
 }
 
-// openBlob opens blob d, starting at endpoint first (the one that served
-// the manifest) and passing over mirrors that fail.
-func openBlob(ctx context.Context, eps []endpointClient, first int, d v1.Hash, notice func(string)) (io.ReadCloser, error) {
-	for i := first; i < len(eps); i++ {
-		ep := eps[i]
-		rc, err := func() (io.ReadCloser, error) {
-			l, err := remote.Layer(ep.ref.Context().Digest(d.String()), ep.opts...)
-			if err != nil {
-				return nil, err
-			}
-			return l.Compressed()
-		}()
+func (b *endpointBlobs) repo(i int) (*registryRepo, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.repos[i] == nil {
+		ep := b.eps[i]
+		reg, err := newRegistryRepo(b.ctx, ep.ref.Context(), ep.transport, ep.auth)
+		if err != nil {
+			return nil, certificateError(ep, err)
+		}
+		if ep.Mirror {
+			// A mirror that answers 5xx is passed over for the next
+			// endpoint at once, not after the manifest retries.
+			reg.manifests = reg.client
+		}
+		b.repos[i] = reg
+	}
+	return b.repos[i], nil
+}
+
+// try calls f with each endpoint's repository from the served one on,
+// passing over mirrors that fail.
+func (b *endpointBlobs) try(ctx context.Context, what string, f func(*registryRepo) error) error {
+	for i := b.served; i < len(b.eps); i++ {
+		ep := b.eps[i]
+		reg, err := b.repo(i)
 		if err == nil {
-			return rc, nil
+			err = f(reg)
+		}
+		if err == nil {
+			return nil
 		}
 		err = certificateError(ep, err)
 		if !ep.Mirror || ctx.Err() != nil {
-			return nil, err
+			return err
 		}
-		mirrorNotice(notice, ep, eps[i+1], "blob "+d.String(), err)
+		b.mirrorNotice(ep, b.eps[i+1], what, err)
 	}
-	return nil, fmt.Errorf("no endpoint left for blob %s", d)
+	return fmt.Errorf("no endpoint left for %s", what)
 }
 
-func mirrorNotice(notice func(string), ep, next endpointClient, what string, err error) {
-	if notice == nil {
+func (b *endpointBlobs) open(ctx context.Context, d v1.Descriptor) (io.ReadCloser, error) {
+	var rc io.ReadCloser
+	err := b.try(ctx, "blob "+d.Digest.String(), func(reg *registryRepo) (err error) {
+		rc, err = reg.open(ctx, d)
+		return err
+	})
+	return rc, err
+}
+
+func (b *endpointBlobs) readConfig(ctx context.Context, d v1.Descriptor) ([]byte, error) {
+	var data []byte
+	err := b.try(ctx, "config "+d.Digest.String(), func(reg *registryRepo) (err error) {
+		data, err = reg.readConfig(ctx, d)
+		return err
+	})
+	return data, err
+}
+
+func (b *endpointBlobs) mirrorNotice(ep, next endpointClient, what string, err error) {
+	if b.notice == nil {
 		return
 	}
-	notice(fmt.Sprintf("mirror %s failed for %s: %s; trying %s", ep.ref.Context().RegistryStr(), what, oneLineMsg(err.Error()), next.ref.Context().RegistryStr()))
+	b.notice(fmt.Sprintf("mirror %s failed for %s: %s; trying %s", ep.ref.Context().RegistryStr(), what, oneLineMsg(Escape(err.Error())), next.ref.Context().RegistryStr()))
 }
 
 // certificateError marks a TLS verification failure so that the CLI can

@@ -1,59 +1,79 @@
 package image
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
-// ErrUsage marks an error in what the user asked for (a malformed reference,
-// an unknown transport, a bad platform), as opposed to a failure to do it.
-var ErrUsage = errors.New("usage")
+// sourceKind says where an image comes from, and with it how its blobs are
+// read and checked.
+type sourceKind int
 
-// usageError wraps err so that errors.Is(err, ErrUsage) holds while its
-// message stays as written.
-type usageError struct{ error }
+const (
+	fromRegistry sourceKind = iota + 1
+	fromLayout              // oci:DIR[:TAG]
+	fromArchive             // docker-archive:FILE[:REF]
+)
 
-func (usageError) Is(target error) bool { return target == ErrUsage }
-func (e usageError) Unwrap() error      { return e.error }
-
-func usagef(format string, args ...any) error {
-	return usageError{fmt.Errorf(format, args...)}
+func (k sourceKind) String() string {
+	switch k {
+	case fromRegistry:
+		return "registry"
+	case fromLayout:
+		return "oci"
+	case fromArchive:
+		return "docker-archive"
+	}
+	return fmt.Sprintf("sourceKind(%d)", int(k))
 }
+
+// hasManifest is false for a docker save archive, which has no manifest of
+// its own (ggcr would synthesize one by gzipping every layer): its layers
+// are plain tars keyed by their diff IDs, and the cache stores those.
+func (k sourceKind) hasManifest() bool { return k != fromArchive }
+
+// retryable says whether a failed blob read may succeed when tried again:
+// never for local files, whose bytes will not change.
+func (k sourceKind) retryable(err error) bool { return k == fromRegistry && retryable(err) }
 
 // source is an image resolved from a reference, before any layer is read.
 type source struct {
+	kind sourceKind
+	// img gives the manifest (registry, layout) or the layers and config
+	// (archive). Blobs are read through readConfig and openBlob, which
+	// bound and check what they read.
 	img  v1.Image
 	name string // default image name, normalized
-	// kind is "registry", "oci" or "docker-archive".
-	kind string
-	// uncompressedBlobs means the source holds layers as plain tars keyed by
-	// their diff IDs (docker save), so the cache stores those.
-	uncompressedBlobs bool
 	// manifestDigest is the digest the source claims for the manifest,
 	// checked against the manifest's own hash; empty when it claims none.
 	manifestDigest v1.Hash
+	// picked is true when the image was chosen from an index by platform.
+	picked bool
 	// configDigest is the digest a docker archive's manifest.json gives the
 	// config by its file name; empty when the name is not a digest.
 	configDigest v1.Hash
+	// readConfig returns the config blob d describes, at most
+	// maxConfigSize bytes; an archive ignores d.
+	readConfig func(ctx context.Context, d v1.Descriptor) ([]byte, error)
+	// openBlob opens the layer blob d describes (by diff ID for an
+	// archive). The cache checks its size and digest as it streams.
+	openBlob func(ctx context.Context, d v1.Descriptor) (io.ReadCloser, error)
+	// close releases what the source holds open (a layout's directory).
+	close func()
 	// served is the reference at the endpoint that served a registry
 	// image (a mirror's, or the primary's as registries.conf rewrote it).
 	served string
-	// openBlob, for registries, opens a blob from the endpoint that served
-	// the manifest, passing over failing mirrors to the next endpoint.
-	openBlob func(ctx context.Context, d v1.Hash) (io.ReadCloser, error)
 }
 
 // resolve turns a reference into an image:
@@ -65,11 +85,11 @@ func resolve(ctx context.Context, ref string, platform v1.Platform, opts PullOpt
 	transportName, rest, hasPrefix := strings.Cut(ref, ":")
 	switch {
 	case hasPrefix && transportName == "oci":
-		return resolveLayout(rest, platform)
+		return resolveLayout(ctx, rest, platform)
 	case hasPrefix && transportName == "docker-archive":
 		return resolveArchive(rest)
 	case hasPrefix && isTransportLike(transportName, rest):
-		return nil, usagef("unknown transport %q in %q; use a registry reference, oci:DIR[:TAG] or docker-archive:FILE[:REF]", transportName, ref)
+		return nil, errorf(ErrInvalidReference, "unknown transport %q in %q; use a registry reference, oci:DIR[:TAG] or docker-archive:FILE[:REF]", transportName, ref)
 	}
 	return resolveRegistry(ctx, ref, platform, opts)
 }
@@ -92,82 +112,56 @@ func isTransportLike(prefix, rest string) bool {
 	return err != nil
 }
 
-func resolveRegistry(ctx context.Context, ref string, platform v1.Platform, opts PullOptions) (*source, error) {
-	var nameOpts []name.Option
-	if opts.Insecure {
-		nameOpts = append(nameOpts, name.Insecure)
-	}
-	r, err := name.ParseReference(ref, nameOpts...)
+// readCapped reads a blob of at most limit bytes (its declared size was
+// checked against limit already). A blob shorter than limit but of another
+// size than declared is left to the digest check, which says what the
+// content is.
+func readCapped(r io.Reader, what string, d v1.Descriptor, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, limit+1))
 	if err != nil {
-		return nil, usagef("parsing reference %q: %v; expected e.g. alpine:3.20, 127.0.0.1:5000/x:y, oci:DIR[:TAG] or docker-archive:FILE[:REF]", ref, err)
+		return nil, fmt.Errorf("reading %s %s: %w", what, d.Digest, err)
 	}
-	// registries.conf may send the pull to mirrors first, or elsewhere;
-	// the image keeps the name the user asked for.
-	eps, err := registryEndpoints(ctx, ref, opts)
-	if err != nil {
-		return nil, err
-	}
-	desc, served, err := getManifest(ctx, eps, opts.Notice)
-	if err != nil {
-		return nil, registryError(eps[served].ref, err, ref)
-	}
-	src := &source{name: normalizeName(r), kind: "registry", served: eps[served].ref.String()}
-	src.openBlob = func(ctx context.Context, d v1.Hash) (io.ReadCloser, error) {
-		return openBlob(ctx, eps, served, d, opts.Notice)
-	}
-	r = eps[served].ref
-	switch {
-	case desc.MediaType.IsIndex():
-		// A digest in ref names the index (remote.Get checked it); the
-		// image is then checked against the digest the index lists.
-		idx, err := desc.ImageIndex()
-		if err != nil {
-			return nil, registryError(r, err, ref)
+	if int64(len(b)) > limit {
+		if limit == d.Size {
+			return nil, fmt.Errorf("%s %s: more than its declared size of %d bytes; the source is corrupt", what, d.Digest, d.Size)
 		}
-		src.img, src.manifestDigest, err = pickPlatform(idx, platform, ref)
-		if err != nil {
-			return nil, err
-		}
-	case desc.MediaType.IsImage():
-		if d, ok := r.(name.Digest); ok {
-			src.manifestDigest, _ = v1.NewHash(d.DigestStr())
-		}
-		src.img, err = desc.Image()
-		if err != nil {
-			return nil, registryError(r, err, ref)
-		}
-	default:
-		return nil, fmt.Errorf("pull %s: unsupported media type %s: not a container image or image index", ref, desc.MediaType)
+		return nil, errorf(ErrTooLarge, "%s %s: declared size %d bytes, but more than the %s cap served", what, d.Digest, d.Size, capString(limit))
 	}
-	return src, nil
+	return b, nil
 }
 
-// registryError rewrites the registry failures a user can act on into one
-// line that says what to do. asked is the reference as the user wrote it.
-func registryError(r name.Reference, err error, asked string) error {
-	if errors.Is(err, ErrCertificate) {
-		return fmt.Errorf("pull %s: %w", r, err)
-	}
-	var terr *transport.Error
-	if errors.As(err, &terr) {
-		switch terr.StatusCode {
-		case http.StatusUnauthorized, http.StatusForbidden:
-			return fmt.Errorf("pull %s: %w; if the repository is private, log in with `podman login %s` or `docker login %s` (banger reads containers auth.json and Docker's credentials)", r, err, r.Context().RegistryStr(), r.Context().RegistryStr())
-		case http.StatusNotFound:
-			if isShortName(asked) {
-				return fmt.Errorf("pull %s: %w; short names are Docker Hub's (banger does not search unqualified-search-registries): check the name, or write the registry, as in quay.io/%s", r, err, asked)
-			}
-			return fmt.Errorf("pull %s: %w; check the repository and tag exist", r, err)
-		}
-	}
-	return fmt.Errorf("pull %s: %w; check the registry address and your network (use --insecure for a plain-HTTP registry other than localhost)", r, err)
+// readConfigBlob reads a config of the size d declares, which is within
+// maxConfigSize: memory is bounded by the declared size, not the cap.
+func readConfigBlob(r io.Reader, d v1.Descriptor) ([]byte, error) {
+	return readCapped(r, "config", d, d.Size)
 }
 
-// isShortName says whether ref names no registry, so that Docker Hub was
-// assumed: its first component has no dot or colon and is not localhost.
-func isShortName(ref string) bool {
-	first, _, ok := strings.Cut(ref, "/")
-	return !ok || (!strings.ContainsAny(first, ".:") && first != "localhost")
+func sizeWord(n, want int64) string {
+	if n > want {
+		return "more than " + strconv.FormatInt(want, 10)
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// checkDescriptor refuses a descriptor before anything it names is read: a
+// digest banger cannot check (only sha256, 64 lowercase hex digits, which
+// is also what makes it safe as a file name), and a size that is negative
+// or over limit.
+func checkDescriptor(what string, d v1.Descriptor, limit int64) error {
+	if d.Digest.Algorithm != "sha256" || !isHex64(d.Digest.Hex) {
+		return errorf(ErrUnsupported, "%s has digest %q: banger reads only sha256 digests", what, d.Digest.String())
+	}
+	if d.Size < 0 {
+		return errorf(ErrTooLarge, "%s %s: declared size %d is negative; the manifest is malformed", what, d.Digest, d.Size)
+	}
+	if d.Size > limit {
+		return errorf(ErrTooLarge, "%s %s: declared size %d bytes is over the %s cap", what, d.Digest, d.Size, capString(limit))
+	}
+	return nil
+}
+
+func isHex64(s string) bool {
+	return len(s) == 64 && strings.Trim(s, "0123456789abcdef") == ""
 }
 
 // normalizeName is the short form users type: Docker Hub's registry and
@@ -216,22 +210,27 @@ func splitPathRef(s string) (path, ref string) {
 
 const refNameAnnotation = "org.opencontainers.image.ref.name"
 
-func resolveLayout(arg string, platform v1.Platform) (*source, error) {
+func resolveLayout(ctx context.Context, arg string, platform v1.Platform) (*source, error) {
 	dir, tag := splitPathRef(arg)
 	if dir == "" {
-		return nil, usagef("oci: needs a directory, as in oci:DIR[:TAG]")
+		return nil, errorf(ErrInvalidReference, "oci: needs a directory, as in oci:DIR[:TAG]")
 	}
-	p, err := layout.FromPath(dir)
+	l, err := openLayout(dir)
 	if err != nil {
-		return nil, fmt.Errorf("opening OCI layout %s: %w; expected a directory with index.json and oci-layout", dir, err)
+		return nil, err
 	}
-	idx, err := p.ImageIndex()
+	src, err := l.resolve(ctx, arg, tag, platform)
 	if err != nil {
-		return nil, fmt.Errorf("reading OCI layout %s: %w", dir, err)
+		l.root.Close()
+		return nil, err
 	}
-	im, err := idx.IndexManifest()
+	return src, nil
+}
+
+func (l *layoutDir) resolve(ctx context.Context, arg, tag string, platform v1.Platform) (*source, error) {
+	im, err := l.index()
 	if err != nil {
-		return nil, fmt.Errorf("reading %s/index.json: %w", dir, err)
+		return nil, err
 	}
 	// An exact ref.name wins; "3.20" also finds "docker.io/library/alpine:3.20"
 	// when nothing is tagged "3.20" itself.
@@ -250,44 +249,58 @@ func resolveLayout(arg string, platform v1.Platform) (*source, error) {
 	if len(match) == 0 {
 		match = suffixMatch
 	}
+	dir := l.dir
 	if len(match) != 1 {
 		what := fmt.Sprintf("no image tagged %q", tag)
 		if tag == "" {
 			what = fmt.Sprintf("%d images and no tag given", len(match))
 		}
-		return nil, usagef("OCI layout %s has %s; pick one with oci:%s:TAG, available tags: %s", dir, what, dir, strings.Join(nonEmpty(tags), ", "))
+		return nil, errorf(ErrInvalidReference, "OCI layout %s has %s; pick one with oci:%s:TAG, available tags: %s", dir, what, dir, strings.Join(showTags(nonEmpty(tags)), ", "))
 	}
 	d := match[0]
-	src := &source{kind: "oci", manifestDigest: d.Digest}
+	src := &source{kind: fromLayout, manifestDigest: d.Digest, readConfig: l.readConfig, openBlob: l.openBlob, close: func() { l.root.Close() }}
 	src.name = layoutName(dir, tag, d.Annotations[refNameAnnotation])
 	switch {
 	case d.MediaType.IsIndex():
-		child, err := idx.ImageIndex(d.Digest)
-		if err != nil {
-			return nil, fmt.Errorf("reading OCI layout %s: %w", dir, err)
-		}
-		// ggcr reads a layout's blobs unverified, and the image is then
-		// checked against the digest this index lists: check the index.
-		raw, err := child.RawManifest()
-		if err != nil {
-			return nil, fmt.Errorf("reading OCI layout %s: %w", dir, err)
-		}
-		if got := sha256Hex(raw); d.Digest.Algorithm != "sha256" || got != d.Digest.Hex {
-			return nil, fmt.Errorf("OCI layout %s: index content is sha256:%s, index.json says %s; the layout is corrupt", dir, got, d.Digest)
-		}
-		src.img, src.manifestDigest, err = pickPlatform(child, platform, "oci:"+arg)
+		raw, err := l.readBlob("index", d, maxManifestSize)
 		if err != nil {
 			return nil, err
 		}
-	case d.MediaType.IsImage():
-		src.img, err = idx.Image(d.Digest)
+		// The image is checked against the digest this index lists:
+		// check the index itself first.
+		if got := sha256Hex(raw); got != d.Digest.Hex {
+			return nil, fmt.Errorf("OCI layout %s: index content is sha256:%s, index.json says %s; the layout is corrupt", dir, got, d.Digest)
+		}
+		child, err := v1.ParseIndexManifest(bytes.NewReader(raw))
 		if err != nil {
-			return nil, fmt.Errorf("reading OCI layout %s: %w", dir, err)
+			return nil, fmt.Errorf("OCI layout %s: parsing index %s: %w", dir, d.Digest, err)
+		}
+		src.img, src.manifestDigest, err = pickPlatform(child, platform, "oci:"+arg, l.image)
+		if err != nil {
+			return nil, err
+		}
+		src.picked = true
+	case d.MediaType.IsImage():
+		if src.img, err = l.image(d); err != nil {
+			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("OCI layout %s: unsupported media type %s: not a container image or image index", dir, d.MediaType)
+		return nil, errorf(ErrUnsupported, "OCI layout %s: unsupported media type %s: not a container image or image index", dir, d.MediaType)
 	}
 	return src, nil
+}
+
+// showTags lists plain tags as they are and quotes odd ones (spaces,
+// commas, control characters), which come from a layout's annotations.
+func showTags(tags []string) []string {
+	out := make([]string, len(tags))
+	for i, t := range tags {
+		out[i] = t
+		if Escape(t) != t || strings.ContainsAny(t, " ,\"\\") {
+			out[i] = strconv.Quote(t)
+		}
+	}
+	return out
 }
 
 // layoutName names an image from a layout: its ref.name annotation when that
@@ -312,16 +325,19 @@ func layoutName(dir, tag, refName string) string {
 func resolveArchive(arg string) (*source, error) {
 	file, ref := splitPathRef(arg)
 	if file == "" {
-		return nil, usagef("docker-archive: needs a file, as in docker-archive:FILE[:REF]")
+		return nil, errorf(ErrInvalidReference, "docker-archive: needs a file, as in docker-archive:FILE[:REF]")
 	}
-	if _, err := os.Stat(file); err != nil {
+	if fi, err := os.Stat(file); err != nil {
 		return nil, fmt.Errorf("opening docker archive: %w; expected a file written by `docker save`", err)
+	} else if !fi.Mode().IsRegular() {
+		// A FIFO would block the open for ever, a device never end.
+		return nil, errorf(ErrUnsupported, "docker archive %s is a %s, not a regular file", file, fileType(fi.Mode()))
 	}
 	var tag *name.Tag
 	if ref != "" {
 		t, err := name.NewTag(ref)
 		if err != nil {
-			return nil, usagef("parsing tag %q in docker-archive:%s: %v", ref, arg, err)
+			return nil, errorf(ErrInvalidReference, "parsing tag %q in docker-archive:%s: %v", ref, arg, err)
 		}
 		tag = &t
 	}
@@ -343,17 +359,30 @@ func resolveArchive(arg string) (*source, error) {
 	}
 	switch {
 	case tag == nil && len(m) != 1:
-		return nil, usagef("docker archive %s holds %d images; pick one with docker-archive:%s:REF, available: %s", file, len(m), file, strings.Join(nonEmpty(all), ", "))
+		return nil, errorf(ErrInvalidReference, "docker archive %s holds %d images; pick one with docker-archive:%s:REF, available: %s", file, len(m), file, strings.Join(nonEmpty(all), ", "))
 	case tag == nil:
 		desc = &m[0]
 	case desc == nil:
-		return nil, usagef("docker archive %s has no image tagged %s; available: %s", file, ref, strings.Join(nonEmpty(all), ", "))
+		return nil, errorf(ErrInvalidReference, "docker archive %s has no image tagged %s; available: %s", file, ref, strings.Join(nonEmpty(all), ", "))
 	}
 	img, err := tarball.ImageFromPath(file, tag)
 	if err != nil {
 		return nil, fmt.Errorf("reading docker archive %s: %w", file, err)
 	}
-	src := &source{img: img, kind: "docker-archive", uncompressedBlobs: true, configDigest: archiveConfigDigest(desc.Config)}
+	src := &source{
+		kind:         fromArchive,
+		img:          img,
+		configDigest: archiveConfigDigest(desc.Config),
+		readConfig:   func(context.Context, v1.Descriptor) ([]byte, error) { return img.RawConfigFile() },
+		openBlob: func(_ context.Context, d v1.Descriptor) (io.ReadCloser, error) {
+			l, err := img.LayerByDiffID(d.Digest)
+			if err != nil {
+				return nil, err
+			}
+			return l.Uncompressed()
+		},
+		close: func() {},
+	}
 	switch {
 	case tag != nil:
 		src.name = NormalizeName(tag.String())
@@ -379,12 +408,12 @@ func archiveConfigDigest(file string) v1.Hash {
 }
 
 // pickPlatform chooses the image for platform from an index, or says which
-// platforms there are. It returns the image's digest as the index lists it,
-// which the image's manifest must hash to.
-func pickPlatform(idx v1.ImageIndex, want v1.Platform, ref string) (v1.Image, v1.Hash, error) {
-	im, err := idx.IndexManifest()
-	if err != nil {
-		return nil, v1.Hash{}, fmt.Errorf("reading index of %s: %w", ref, err)
+// platforms there are; open reads the chosen manifest. It returns the
+// image's digest as the index lists it, which the image's manifest must
+// hash to.
+func pickPlatform(im *v1.IndexManifest, want v1.Platform, ref string, open func(v1.Descriptor) (v1.Image, error)) (v1.Image, v1.Hash, error) {
+	if im.SchemaVersion != 2 {
+		return nil, v1.Hash{}, errorf(ErrUnsupported, "%s: index has schemaVersion %d; banger reads only schemaVersion 2", ref, im.SchemaVersion)
 	}
 	var available []string
 	for _, d := range im.Manifests {
@@ -400,7 +429,10 @@ func pickPlatform(idx v1.ImageIndex, want v1.Platform, ref string) (v1.Image, v1
 		available = append(available, platformString(*d.Platform))
 		if d.Platform.OS == want.OS && d.Platform.Architecture == want.Architecture &&
 			(want.Variant == "" || d.Platform.Variant == want.Variant) {
-			img, err := idx.Image(d.Digest)
+			if err := checkDescriptor("manifest for "+platformString(want), d, maxManifestSize); err != nil {
+				return nil, v1.Hash{}, fmt.Errorf("%s: %w", ref, err)
+			}
+			img, err := open(d)
 			if err != nil {
 				return nil, v1.Hash{}, fmt.Errorf("reading %s for %s: %w", ref, platformString(want), err)
 			}
@@ -408,7 +440,7 @@ func pickPlatform(idx v1.ImageIndex, want v1.Platform, ref string) (v1.Image, v1
 		}
 	}
 	slices.Sort(available)
-	return nil, v1.Hash{}, usagef("%s has no image for platform %s; available: %s (choose with --platform)", ref, platformString(want), strings.Join(nonEmpty(slices.Compact(available)), ", "))
+	return nil, v1.Hash{}, errorf(ErrInvalidPlatform, "%s has no image for platform %s; available: %s", ref, platformString(want), strings.Join(nonEmpty(slices.Compact(available)), ", "))
 }
 
 func platformString(p v1.Platform) string {
@@ -423,7 +455,7 @@ func platformString(p v1.Platform) string {
 func ParsePlatform(s string) (v1.Platform, error) {
 	parts := strings.Split(s, "/")
 	if len(parts) < 2 || len(parts) > 3 || slices.Contains(parts, "") {
-		return v1.Platform{}, usagef("invalid platform %q: want os/arch[/variant], e.g. linux/amd64 or linux/arm/v7", s)
+		return v1.Platform{}, errorf(ErrInvalidPlatform, "invalid platform %q: want os/arch[/variant], e.g. linux/amd64 or linux/arm/v7", s)
 	}
 	p := v1.Platform{OS: parts[0], Architecture: parts[1]}
 	if len(parts) == 3 {

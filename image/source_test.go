@@ -229,8 +229,8 @@ func TestParsePlatform(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := ParsePlatform(tt.in)
 			if tt.wantErr {
-				if !errors.Is(err, ErrUsage) {
-					t.Errorf("ParsePlatform(%q) = %v, %v, want an error wrapping ErrUsage", tt.in, got, err)
+				if !errors.Is(err, ErrInvalidPlatform) {
+					t.Errorf("ParsePlatform(%q) = %v, %v, want an error wrapping ErrInvalidPlatform", tt.in, got, err)
 				}
 				if err != nil && !strings.Contains(err.Error(), "os/arch[/variant]") {
 					t.Errorf("ParsePlatform(%q) error = %q, want it to show the expected form", tt.in, err)
@@ -316,7 +316,7 @@ func TestResolveUnknownTransport(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := resolve(t.Context(), tt.ref, linuxAMD64, PullOptions{})
-			if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "unknown transport") {
+			if !errors.Is(err, ErrInvalidReference) || !strings.Contains(err.Error(), "unknown transport") {
 				t.Errorf("resolve(%q) error = %v, want an unknown transport usage error", tt.ref, err)
 			}
 		})
@@ -402,7 +402,7 @@ func TestResolveLayout(t *testing.T) {
 		{"index entry, platform", multi + ":1.0", linuxARM64, "multi:colon:1.0", "linux/arm64", nil, false},
 		{"index entry, variant", multi + ":1.0", linuxARMv7, "multi:colon:1.0", "linux/arm/v7", nil, false},
 		{"index entry, arm without variant", multi, v1.Platform{OS: "linux", Architecture: "arm"}, "multi:colon:1.0", "linux/arm/v7", nil, false},
-		{"index entry, missing platform", multi + ":1.0", v1.Platform{OS: "linux", Architecture: "s390x"}, "", "", []string{"no image for platform linux/s390x", "available: linux/amd64, linux/arm/v7, linux/arm64", "--platform"}, true},
+		{"index entry, missing platform", multi + ":1.0", v1.Platform{OS: "linux", Architecture: "s390x"}, "", "", []string{"no image for platform linux/s390x", "available: linux/amd64, linux/arm/v7, linux/arm64"}, true},
 		{"index entry, corrupt index", corrupt + ":1.0", linuxAMD64, "", "", []string{"index content is", "index.json says " + digestOf(t, corruptIdx).String(), "corrupt"}, false},
 		{"not a layout", dir, linuxAMD64, "", "", []string{"opening OCI layout"}, false},
 		{"empty", "", linuxAMD64, "", "", []string{"oci:DIR[:TAG]"}, true},
@@ -419,16 +419,16 @@ func TestResolveLayout(t *testing.T) {
 						t.Errorf("resolve(oci:%s) error = %q, want it to contain %q", tt.arg, err, w)
 					}
 				}
-				if errors.Is(err, ErrUsage) != tt.usage {
-					t.Errorf("resolve(oci:%s): errors.Is(err, ErrUsage) = %v, want %v", tt.arg, !tt.usage, tt.usage)
+				if isUsage(err) != tt.usage {
+					t.Errorf("resolve(oci:%s): isUsage(err) = %v, want %v", tt.arg, !tt.usage, tt.usage)
 				}
 				return
 			}
 			if err != nil {
 				t.Fatalf("resolve(oci:%s) error = %v, want none", tt.arg, err)
 			}
-			if src.name != tt.wantName || src.kind != "oci" || src.uncompressedBlobs {
-				t.Errorf("resolve(oci:%s) = name %q kind %q uncompressed %v, want %q oci false", tt.arg, src.name, src.kind, src.uncompressedBlobs, tt.wantName)
+			if src.name != tt.wantName || src.kind != fromLayout || !src.kind.hasManifest() {
+				t.Errorf("resolve(oci:%s) = name %q kind %v, want %q oci with a manifest", tt.arg, src.name, src.kind, tt.wantName)
 			}
 			if got := readPlatformFile(t, src.img); got != tt.wantFile {
 				t.Errorf("resolve(oci:%s) picked the image for %s, want %s", tt.arg, got, tt.wantFile)
@@ -517,16 +517,16 @@ func TestResolveArchive(t *testing.T) {
 						t.Errorf("resolve(docker-archive:%s) error = %q, want it to contain %q", tt.arg, err, w)
 					}
 				}
-				if errors.Is(err, ErrUsage) != tt.usage {
-					t.Errorf("resolve(docker-archive:%s): errors.Is(err, ErrUsage) = %v, want %v", tt.arg, !tt.usage, tt.usage)
+				if isUsage(err) != tt.usage {
+					t.Errorf("resolve(docker-archive:%s): isUsage(err) = %v, want %v", tt.arg, !tt.usage, tt.usage)
 				}
 				return
 			}
 			if err != nil {
 				t.Fatalf("resolve(docker-archive:%s) error = %v, want none", tt.arg, err)
 			}
-			if src.name != tt.wantName || src.kind != "docker-archive" || !src.uncompressedBlobs {
-				t.Errorf("resolve(docker-archive:%s) = name %q kind %q uncompressed %v, want %q docker-archive true", tt.arg, src.name, src.kind, src.uncompressedBlobs, tt.wantName)
+			if src.name != tt.wantName || src.kind != fromArchive || src.kind.hasManifest() {
+				t.Errorf("resolve(docker-archive:%s) = name %q kind %v, want %q docker-archive without a manifest", tt.arg, src.name, src.kind, tt.wantName)
 			}
 			if got := readPlatformFile(t, src.img); got != tt.wantFile {
 				t.Errorf("resolve(docker-archive:%s) picked the image for %s, want %s", tt.arg, got, tt.wantFile)
@@ -583,8 +583,8 @@ func TestResolveRegistry(t *testing.T) {
 		{"index, arm64", host + "/multi:1", linuxARM64, host + "/multi:1", "linux/arm64", nil, false},
 		{"index, variant", host + "/multi:1", linuxARMv7, host + "/multi:1", "linux/arm/v7", nil, false},
 		{"index by digest", host + "/multi@" + idxDigest, linuxARM64, host + "/multi@" + idxDigest, "linux/arm64", nil, false},
-		{"index, missing platform", host + "/multi:1", v1.Platform{OS: "windows", Architecture: "amd64"}, "", "", []string{"no image for platform windows/amd64", "available: linux/amd64, linux/arm/v7, linux/arm64", "--platform"}, true},
-		{"attestations are not listed", host + "/attested:1", v1.Platform{OS: "linux", Architecture: "s390x"}, "", "", []string{"available: linux/amd64, linux/arm/v7, linux/arm64 ("}, true},
+		{"index, missing platform", host + "/multi:1", v1.Platform{OS: "windows", Architecture: "amd64"}, "", "", []string{"no image for platform windows/amd64", "available: linux/amd64, linux/arm/v7, linux/arm64"}, true},
+		{"attestations are not listed", host + "/attested:1", v1.Platform{OS: "linux", Architecture: "s390x"}, "", "", []string{"available: linux/amd64, linux/arm/v7, linux/arm64"}, true},
 		{"single image ignores platform", host + "/single:1", linuxAMD64, host + "/single:1", "linux/arm64", nil, false},
 		{"default tag", host + "/single", linuxAMD64, "", "", []string{"check the repository and tag exist"}, false},
 		{"missing repository", host + "/nope:1", linuxAMD64, "", "", []string{"check the repository and tag exist"}, false},
@@ -602,16 +602,19 @@ func TestResolveRegistry(t *testing.T) {
 						t.Errorf("resolve(%s) error = %q, want it to contain %q", tt.ref, err, w)
 					}
 				}
-				if errors.Is(err, ErrUsage) != tt.usage {
-					t.Errorf("resolve(%s): errors.Is(err, ErrUsage) = %v, want %v", tt.ref, !tt.usage, tt.usage)
+				if isUsage(err) != tt.usage {
+					t.Errorf("resolve(%s): isUsage(err) = %v, want %v", tt.ref, !tt.usage, tt.usage)
+				}
+				if strings.Contains(err.Error(), "unknown/unknown") {
+					t.Errorf("resolve(%s) error = %q lists an attestation manifest as a platform", tt.ref, err)
 				}
 				return
 			}
 			if err != nil {
 				t.Fatalf("resolve(%s) error = %v, want none", tt.ref, err)
 			}
-			if src.name != tt.wantName || src.kind != "registry" {
-				t.Errorf("resolve(%s) = name %q kind %q, want %q registry", tt.ref, src.name, src.kind, tt.wantName)
+			if src.name != tt.wantName || src.kind != fromRegistry {
+				t.Errorf("resolve(%s) = name %q kind %v, want %q registry", tt.ref, src.name, src.kind, tt.wantName)
 			}
 			if got := readPlatformFile(t, src.img); got != tt.wantFile {
 				t.Errorf("resolve(%s) picked the image for %s, want %s", tt.ref, got, tt.wantFile)
@@ -621,4 +624,10 @@ func TestResolveRegistry(t *testing.T) {
 			}
 		})
 	}
+}
+
+// isUsage reports whether err is a mistake in what was asked for, which
+// banger's CLI exits 2 for.
+func isUsage(err error) bool {
+	return errors.Is(err, ErrInvalidReference) || errors.Is(err, ErrInvalidPlatform) || errors.Is(err, ErrInvalidName)
 }

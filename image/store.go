@@ -252,28 +252,116 @@ func (s *Store) read(id string) (Image, error) {
 	return img, nil
 }
 
+// Match says how a lookup found its image.
+type Match int
+
+const (
+	MatchName Match = iota + 1 // by name, as given or normalized
+	MatchID                    // by ID
+)
+
+func (m Match) String() string {
+	switch m {
+	case MatchName:
+		return "name"
+	case MatchID:
+		return "ID"
+	}
+	return "nothing"
+}
+
 // Get finds an image by name (normalized as pull names it, so
 // docker.io/library/alpine:3.20 finds alpine:3.20) or by ID.
 func (s *Store) Get(ctx context.Context, nameOrID string) (Image, error) {
-	all, err := s.List(ctx)
-	if err != nil {
-		return Image{}, err
-	}
-	if img, ok := find(all, nameOrID); ok {
-		return img, nil
-	}
-	return Image{}, fmt.Errorf("image %q: %w; run `banger image ls` to see the images there are", nameOrID, ErrNotFound)
+	img, _, err := s.Lookup(ctx, nameOrID)
+	return img, err
 }
 
-func find(all []Image, nameOrID string) (Image, bool) {
+// Lookup is Get that also says whether nameOrID matched the image's name
+// or its ID. A string that is one image's ID and another's name (possible
+// only in a store written before names that look like IDs were refused)
+// matches neither: it is an error naming both.
+func (s *Store) Lookup(ctx context.Context, nameOrID string) (Image, Match, error) {
+	all, err := s.List(ctx)
+	if err != nil {
+		return Image{}, 0, err
+	}
+	img, m, err := find(all, nameOrID)
+	if err != nil {
+		return Image{}, 0, err
+	}
+	if m == 0 {
+		return Image{}, 0, fmt.Errorf("image %q: %w", nameOrID, ErrNotFound)
+	}
+	return img, m, nil
+}
+
+func find(all []Image, nameOrID string) (Image, Match, error) {
 	normalized := NormalizeName(nameOrID)
+	var byName, byID *Image
 	// List sorts newest first within a name, so the first match is current.
-	for _, img := range all {
-		if img.Name == nameOrID || img.Name == normalized || img.ID == nameOrID {
-			return img, true
+	for i, img := range all {
+		if byName == nil && (img.Name == nameOrID || img.Name == normalized) {
+			byName = &all[i]
+		}
+		if byID == nil && img.ID == nameOrID {
+			byID = &all[i]
 		}
 	}
-	return Image{}, false
+	switch {
+	case byName != nil && byID != nil && byName.ID != byID.ID:
+		return Image{}, 0, errorf(ErrInvalidReference, "%q is the ID of image %q and the name of image %s; use that image's ID", nameOrID, byID.Name, byName.ID)
+	case byID != nil:
+		return *byID, MatchID, nil
+	case byName != nil:
+		return *byName, MatchName, nil
+	}
+	return Image{}, 0, nil
+}
+
+// ValidateName checks an image name given by the user: reference-like (a
+// letter or digit, then letters, digits and . _ - / : @ +, with no empty,
+// . or .. path component), at most 255 bytes, and not something an image
+// ID could be (12 to 64 lowercase hex digits), so that a name never
+// shadows another image's ID.
+func ValidateName(name string) error {
+	switch {
+	case name == "":
+		return errorf(ErrInvalidName, "image name is empty")
+	case len(name) > 255:
+		return errorf(ErrInvalidName, "image name %q is %d bytes; at most 255", name, len(name))
+	case looksLikeID(name):
+		return errorf(ErrInvalidName, "image name %q looks like an image ID; a name must not be mistaken for one", name)
+	}
+	for i, r := range name {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9'
+		if !ok && i > 0 {
+			ok = strings.ContainsRune("._-/:@+", r)
+		}
+		if !ok {
+			return errorf(ErrInvalidName, "image name %q has %q at byte %d; a name starts with a letter or digit, then letters, digits and . _ - / : @ +", name, r, i)
+		}
+	}
+	repo, _, _ := strings.Cut(name, ":")
+	for _, part := range strings.Split(repo, "/") {
+		if part == "" || part == "." || part == ".." {
+			return errorf(ErrInvalidName, "image name %q has an empty, . or .. path component", name)
+		}
+	}
+	return nil
+}
+
+// checkDerivedName checks a name a source suggests (a ref.name annotation,
+// a directory's name): anything printable goes, control characters do not.
+func checkDerivedName(name string) error {
+	if Escape(name) != name {
+		return errorf(ErrInvalidName, "the name the source gives the image, %q, holds control characters", name)
+	}
+	return nil
+}
+
+func looksLikeID(s string) bool {
+	return len(s) >= 12 && len(s) <= 64 && strings.Trim(s, "0123456789abcdef") == ""
 }
 
 // Remove deletes the named images and returns those it removed. Names that
@@ -285,9 +373,17 @@ func (s *Store) Remove(ctx context.Context, names ...string) ([]Image, error) {
 	}
 	var removed []Image
 	var missing []string
-	for _, n := range names {
-		img, ok := find(all, n)
-		if !ok {
+	// An ambiguous name fails the call before anything is removed.
+	found := make([]Image, len(names))
+	matched := make([]Match, len(names))
+	for i, n := range names {
+		if found[i], matched[i], err = find(all, n); err != nil {
+			return nil, err
+		}
+	}
+	for i, n := range names {
+		img := found[i]
+		if matched[i] == 0 {
 			missing = append(missing, n)
 			continue
 		}
@@ -304,7 +400,7 @@ func (s *Store) Remove(ctx context.Context, names ...string) ([]Image, error) {
 		removed = append(removed, img)
 	}
 	if len(missing) > 0 {
-		return removed, fmt.Errorf("image %s: %w; run `banger image ls` to see the images there are", quoteAll(missing), ErrNotFound)
+		return removed, fmt.Errorf("image %s: %w", quoteAll(missing), ErrNotFound)
 	}
 	return removed, nil
 }
