@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -49,13 +50,7 @@ type distributionConfig struct {
 // info level to a file, and waits until it answers.
 func runDistribution(t *testing.T, cfg distributionConfig) *distribution {
 	t.Helper()
-	bin, err := exec.LookPath("docker-registry")
-	if err != nil {
-		t.Skip("docker-registry (CNCF Distribution) not installed; `apt-get install -y docker-registry` to run these cases")
-	}
-	d := &distribution{dir: t.TempDir()}
-	d.host = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	d.logFile = filepath.Join(d.dir, "registry.log")
+	d := newDistribution(t)
 	httpConf := fmt.Sprintf("{addr: %s}", d.host)
 	if cfg.certFile != "" {
 		httpConf = fmt.Sprintf("{addr: %s, tls: {certificate: %s, key: %s}}", d.host, cfg.certFile, cfg.keyFile)
@@ -67,6 +62,29 @@ func runDistribution(t *testing.T, cfg distributionConfig) *distribution {
 	if cfg.htpasswd != "" {
 		conf += fmt.Sprintf("auth: {htpasswd: {realm: banger-test, path: %s}}\n", cfg.htpasswd)
 	}
+	scheme := "http"
+	if cfg.certFile != "" {
+		scheme = "https"
+	}
+	d.serve(t, conf, scheme)
+	return d
+}
+
+// newDistribution prepares a registry on a free port, not yet started.
+func newDistribution(t *testing.T) *distribution {
+	t.Helper()
+	if _, err := exec.LookPath("docker-registry"); err != nil {
+		t.Skip("docker-registry (CNCF Distribution) not installed; `apt-get install -y docker-registry` to run these cases")
+	}
+	d := &distribution{dir: t.TempDir()}
+	d.host = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	d.logFile = filepath.Join(d.dir, "registry.log")
+	return d
+}
+
+// serve starts docker-registry with config conf and waits until it answers.
+func (d *distribution) serve(t *testing.T, conf, scheme string) {
+	t.Helper()
 	config := filepath.Join(d.dir, "config.yml")
 	if err := os.WriteFile(config, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -75,17 +93,13 @@ func runDistribution(t *testing.T, cfg distributionConfig) *distribution {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.cmd = exec.Command(bin, "serve", config)
+	d.cmd = exec.Command("docker-registry", "serve", config)
 	d.cmd.Stdout, d.cmd.Stderr = log, log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatalf("starting docker-registry: %v", err)
 	}
 	t.Cleanup(func() { d.stop(); log.Close() })
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	scheme := "http"
-	if cfg.certFile != "" {
-		scheme = "https"
-	}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		resp, err := client.Get(scheme + "://" + d.host + "/v2/")
@@ -99,7 +113,6 @@ func runDistribution(t *testing.T, cfg distributionConfig) *distribution {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return d
 }
 
 func (d *distribution) stop() {
@@ -520,4 +533,105 @@ func TestFleetCredentials(t *testing.T) {
 			t.Errorf("no credentials: exit %d, stderr %q", code, stderr)
 		}
 	})
+}
+
+// TestFleetDocs runs docs/fleet.md as written, offline: its mirror
+// configuration serves a Distribution pull-through cache of a local
+// upstream instead of Docker Hub, its drop-in points banger at that mirror,
+// and its runner commands run against both; then the mirror is stopped and
+// the pull falls back as the page says (issue 14 §5).
+func TestFleetDocs(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("docs", "fleet.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := func(info string) string {
+		t.Helper()
+		m := regexp.MustCompile("(?s)```" + regexp.QuoteMeta(info) + "\n(.*?)```").FindSubmatch(doc)
+		if m == nil {
+			t.Fatalf("docs/fleet.md has no ```%s block", info)
+		}
+		return string(m[1])
+	}
+	var runner []string
+	for _, m := range regexp.MustCompile("(?s)```sh runner\n(.*?)```").FindAllSubmatch(doc, -1) {
+		runner = append(runner, strings.Split(strings.TrimSpace(string(m[1])), "\n")...)
+	}
+	if len(runner) < 3 || !strings.Contains(string(doc), "docker-registry serve /etc/docker/registry/mirror.yml") {
+		t.Fatalf("docs/fleet.md: runner commands %q, or no docker-registry serve line", runner)
+	}
+
+	// Docker Hub stands in: a local upstream holding library/alpine:3.20.
+	upstream := startDistribution(t)
+	r, err := name.ParseReference(upstream + "/library/alpine:3.20")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, testImages()["app:2"], remote.WithContext(t.Context())); err != nil {
+		t.Fatal(err)
+	}
+	mirror := newDistribution(t)
+	conf := strings.NewReplacer(
+		"/var/lib/registry-mirror", filepath.Join(mirror.dir, "data"),
+		"0.0.0.0:5000", mirror.host,
+		"https://registry-1.docker.io", "http://"+upstream,
+	).Replace(block("yaml mirror.yml"))
+	mirror.serve(t, conf, "http")
+
+	e := newFleetEnv(t)
+	e.write("containers/registries.conf", "")
+	e.write("containers/registries.conf.d/50-mirror.conf", strings.NewReplacer(
+		`location = "docker.io"`, fmt.Sprintf("location = %q", upstream),
+		"mirror.internal:5000", mirror.host,
+	).Replace(block("toml 50-mirror.conf")))
+	e.setenv("CONTAINERS_REGISTRIES_CONF", filepath.Join(e.dir, "containers/registries.conf"))
+
+	sh := func(line string) (string, string, error) {
+		line = strings.ReplaceAll(line, "mirror.internal:5000", mirror.host)
+		cmd := exec.Command("sh", "-c", line)
+		cmd.Env = e.env
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		t.Logf("$ %s\n%s%s", line, stdout.String(), stderr.String())
+		return stdout.String(), stderr.String(), err
+	}
+	want := map[string]string{
+		"banger image pull":    "alpine:3.20\n",
+		"banger image inspect": "alpine:3.20\n",
+		"curl":                 `{"repositories":["library/alpine"]}`,
+	}
+	for _, line := range runner {
+		stdout, stderr, err := sh(line)
+		if err != nil || stderr != "" {
+			t.Errorf("%s: %v, stderr %q", line, err, stderr)
+		}
+		for prefix, w := range want {
+			if strings.HasPrefix(line, prefix) && !strings.Contains(stdout, w) {
+				t.Errorf("%s printed %q, want %q", line, stdout, w)
+			}
+		}
+	}
+	log := mirror.log(t)
+	for _, w := range []string{`http.request.method=GET`, `msg="response completed"`, `http.request.uri=/v2/library/alpine/manifests/3.20 http.request.useragent="banger `, `http.response.status=200`, `http.request.remoteaddr=`, `"GET /v2/library/alpine/manifests/3.20 HTTP/1.1" 200 `} {
+		if !strings.Contains(log, w) {
+			t.Errorf("the mirror's log lacks %s, which docs/fleet.md shows:\n%s", w, log)
+		}
+	}
+	for _, d := range layerDigests(t, "app:2") {
+		if !mirror.hasBlob(d) {
+			t.Errorf("the mirror's storage does not hold layer %s", d)
+		}
+	}
+
+	mirror.stop()
+	e.freshCache()
+	_, stderr, err := sh(runner[0])
+	if err != nil {
+		t.Fatalf("pull with the mirror down: %v", err)
+	}
+	oneLineStderr(t, stderr)
+	if want := "banger: mirror " + mirror.host + " failed for manifest: "; !strings.HasPrefix(stderr, want) || !strings.HasSuffix(stderr, "; trying "+upstream+"\n") {
+		t.Errorf("with the mirror down, stderr = %q, want %q… trying %s", stderr, want, upstream)
+	}
 }
