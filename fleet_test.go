@@ -12,19 +12,24 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
@@ -633,5 +638,42 @@ func TestFleetDocs(t *testing.T) {
 	oneLineStderr(t, stderr)
 	if want := "banger: mirror " + mirror.host + " failed for manifest: "; !strings.HasPrefix(stderr, want) || !strings.HasSuffix(stderr, "; trying "+upstream+"\n") {
 		t.Errorf("with the mirror down, stderr = %q, want %q… trying %s", stderr, want, upstream)
+	}
+}
+
+// TestFleetMirrorLacksBlob passes over a mirror that serves the manifest
+// but not the config or the layers, blob by blob (issue 14 §1).
+func TestFleetMirrorLacksBlob(t *testing.T) {
+	upstream := startRegistry(t)
+	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	var blobGets atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			blobGets.Add(1)
+			http.Error(w, `{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}`, http.StatusNotFound)
+			return
+		}
+		inner.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	mirror := strings.TrimPrefix(srv.URL, "http://")
+	pushTestImages(t, mirror)
+	blobGets.Store(0)
+
+	e := newFleetEnv(t)
+	conf := e.write("r.conf", fmt.Sprintf("[[registry]]\nlocation = %q\n[[registry.mirror]]\nlocation = %q\n", upstream, mirror))
+	_, stderr := e.mustPull("-q", "--registries-conf", conf, "--jobs", "1", upstream+"/app:2")
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	// The config, then each of the three layers.
+	if len(lines) != 4 || blobGets.Load() != 4 {
+		t.Fatalf("stderr = %q (%d blob GETs on the mirror), want 4 notices", stderr, blobGets.Load())
+	}
+	if !strings.HasPrefix(lines[0], "banger: mirror "+mirror+" failed for config sha256:") {
+		t.Errorf("first notice = %q, want the config's", lines[0])
+	}
+	for _, l := range lines[1:] {
+		if !strings.HasPrefix(l, "banger: mirror "+mirror+" failed for blob sha256:") || !strings.Contains(l, "BLOB_UNKNOWN") || !strings.HasSuffix(l, "; trying "+upstream) {
+			t.Errorf("notice = %q, want a blob's", l)
+		}
 	}
 }
