@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -675,5 +676,158 @@ func TestFleetMirrorLacksBlob(t *testing.T) {
 		if !strings.HasPrefix(l, "banger: mirror "+mirror+" failed for blob sha256:") || !strings.Contains(l, "BLOB_UNKNOWN") || !strings.HasSuffix(l, "; trying "+upstream) {
 			t.Errorf("notice = %q, want a blob's", l)
 		}
+	}
+}
+
+// fakeRegistry serves the test images from go-containerregistry's
+// in-process registry through wrap, which plays a real registry's habits.
+func fakeRegistry(t *testing.T, wrap func(inner http.Handler) http.Handler) string {
+	t.Helper()
+	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	push := httptest.NewServer(inner)
+	pushTestImages(t, strings.TrimPrefix(push.URL, "http://"))
+	push.Close()
+	srv := httptest.NewServer(wrap(inner))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// TestFleetRedirectWithoutCredentials pulls from a registry that answers
+// blob GETs with a redirect to another host, as S3- and GCS-backed
+// registries do: the pull works, and the credentials go to the registry
+// only (issue 14 §3).
+func TestFleetRedirectWithoutCredentials(t *testing.T) {
+	var leaked, served atomic.Int32
+	var inner http.Handler
+	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			leaked.Add(1)
+		}
+		served.Add(1)
+		r.URL.Path = strings.TrimPrefix(r.URL.Path, "/storage")
+		inner.ServeHTTP(w, r)
+	}))
+	t.Cleanup(storage.Close)
+	storageURL := strings.Replace(storage.URL, "127.0.0.1", "localhost", 1) // another host
+	host := fakeRegistry(t, func(h http.Handler) http.Handler {
+		inner = h
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if u, p, ok := r.BasicAuth(); !ok || u != "fleet" || p != "s3cret" {
+				w.Header().Set("WWW-Authenticate", `Basic realm="fleet"`)
+				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+				return
+			}
+			if strings.Contains(r.URL.Path, "/blobs/") {
+				http.Redirect(w, r, storageURL+"/storage"+r.URL.Path, http.StatusTemporaryRedirect)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	e := newFleetEnv(t)
+	auth := e.write("auth.json", fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, host, base64.StdEncoding.EncodeToString([]byte("fleet:s3cret"))))
+	e.mustPull("-q", "--authfile", auth, host+"/app:2")
+	if served.Load() < 4 || leaked.Load() != 0 {
+		t.Errorf("the redirect target served %d blobs and saw credentials %d times; want 4 (config and 3 layers) and 0", served.Load(), leaked.Load())
+	}
+}
+
+// TestFleetRetryAfter pulls from a registry that answers the manifest and
+// each blob with 429 or 503 and Retry-After once (issue 14 §3).
+func TestFleetRetryAfter(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	var throttled atomic.Int32
+	host := fakeRegistry(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			first := !seen[r.URL.Path]
+			seen[r.URL.Path] = true
+			mu.Unlock()
+			if first && r.URL.Path != "/v2/" {
+				throttled.Add(1)
+				w.Header().Set("Retry-After", "1")
+				code := http.StatusTooManyRequests
+				if strings.Contains(r.URL.Path, "/blobs/") {
+					code = http.StatusServiceUnavailable
+				}
+				http.Error(w, `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`, code)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	e := newFleetEnv(t)
+	start := time.Now()
+	e.mustPull("-q", "--jobs", "4", host+"/app:2")
+	if throttled.Load() != 5 || time.Since(start) < time.Second {
+		t.Errorf("%d requests throttled, pull took %v; want 5 (manifest, config, 3 layers) and at least the 1 s asked", throttled.Load(), time.Since(start))
+	}
+
+	// A wait longer than --timeout fails at once, saying so.
+	clear(seen)
+	host2 := fakeRegistry(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/v2/" {
+				w.Header().Set("Retry-After", "50")
+				w.WriteHeader(http.StatusTooManyRequests)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	start = time.Now()
+	_, stderr, code := e.banger("image", "pull", "-q", "--timeout", "5s", host2+"/app:2")
+	oneLineStderr(t, stderr)
+	if code != 1 || !strings.Contains(stderr, "asks to retry after 50s, past the pull's deadline") || time.Since(start) > 4*time.Second {
+		t.Errorf("Retry-After past --timeout: exit %d after %v, stderr %q", code, time.Since(start), stderr)
+	}
+}
+
+// TestFleetTokenRenewal pulls from a registry with Bearer token auth whose
+// tokens expire after two requests: banger fetches a new one mid-pull
+// (issue 14 §3).
+func TestFleetTokenRenewal(t *testing.T) {
+	var mu sync.Mutex
+	uses := map[string]int{}
+	var issued atomic.Int32
+	// The token endpoint is on the registry's own host:port, the one
+	// place go-containerregistry takes a plain-HTTP private realm from.
+	issue := func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "fleet" || p != "s3cret" {
+			http.Error(w, "bad credentials", http.StatusUnauthorized)
+			return
+		}
+		fmt.Fprintf(w, `{"token":"token-%d","expires_in":300}`, issued.Add(1))
+	}
+	var realm string
+	host := fakeRegistry(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/token" {
+				issue(w, r)
+				return
+			}
+			tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+			mu.Lock()
+			uses[tok]++
+			valid := strings.HasPrefix(tok, "token-") && uses[tok] <= 2
+			realm := realm
+			mu.Unlock()
+			if !valid {
+				w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s",service="fleet",scope="repository:app:pull"`, realm))
+				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"token expired"}]}`, http.StatusUnauthorized)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	mu.Lock()
+	realm = "http://" + host + "/token"
+	mu.Unlock()
+	e := newFleetEnv(t)
+	auth := e.write("auth.json", fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, host, base64.StdEncoding.EncodeToString([]byte("fleet:s3cret"))))
+	e.mustPull("-q", "--jobs", "1", "--authfile", auth, host+"/app:2")
+	if issued.Load() < 3 {
+		t.Errorf("%d tokens issued; want a renewal at least every two requests", issued.Load())
 	}
 }

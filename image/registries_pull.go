@@ -46,7 +46,7 @@ func (e *CertificateError) Is(target error) bool { return target == ErrCertifica
 type endpointClient struct {
 	Endpoint
 	ref       name.Reference
-	transport http.RoundTripper // guarded, with the endpoint's TLS
+	transport http.RoundTripper // guarded, Retry-After honoured, with the endpoint's TLS
 	auth      authn.Authenticator
 	dir       string // certs.d directory used
 }
@@ -96,7 +96,7 @@ func registryEndpoints(ctx context.Context, ref string, opts PullOptions) ([]end
 			t.TLSClientConfig = tlsConfig
 			base, ec.dir = t, certs.Dir
 		}
-		ec.transport = newGuardTransport(base, opts.StallTimeout)
+		ec.transport = newRetryAfterTransport(newGuardTransport(base, opts.StallTimeout))
 		out = append(out, ec)
 	}
 	return out, nil
