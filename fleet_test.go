@@ -1,7 +1,9 @@
 package main
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -9,10 +11,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log"
 	"math/big"
 	"net"
@@ -32,6 +36,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
 // Tests of issue 14: fleets pulling through a registry mirror, with the
@@ -829,5 +834,169 @@ func TestFleetTokenRenewal(t *testing.T) {
 	e.mustPull("-q", "--jobs", "1", "--authfile", auth, host+"/app:2")
 	if issued.Load() < 3 {
 		t.Errorf("%d tokens issued; want a renewal at least every two requests", issued.Load())
+	}
+}
+
+// bangerIn runs banger with stdin.
+func (e *fleetEnv) bangerIn(stdin io.Reader, args ...string) (string, string, int) {
+	e.t.Helper()
+	cmd := exec.Command("banger", args...)
+	cmd.Env, cmd.Stdin = e.env, stdin
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		code = exit.ExitCode()
+	} else if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Logf("$ banger %s < …\n%s%s(exit %d)", strings.Join(args, " "), stdout.String(), stderr.String(), code)
+	return stdout.String(), stderr.String(), code
+}
+
+func gzipFile(t *testing.T, src, dst string) {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(data)
+	zw.Close()
+	if err := os.WriteFile(dst, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tarDir writes dir's regular files and directories into a tar at dst.
+func tarDir(t *testing.T, dir, dst string) {
+	t.Helper()
+	out, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(out)
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		hdr, err := tar.FileInfoHeader(info, "")
+		if err != nil {
+			return err
+		}
+		hdr.Name, _ = filepath.Rel(dir, p)
+		if err := tw.WriteHeader(hdr); err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err == nil {
+			_, err = tw.Write(data)
+		}
+		return err
+	})
+	if err == nil {
+		err = tw.Close()
+	}
+	if err == nil {
+		err = out.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFleetTransports pulls oci-archive:, gzip-compressed docker archives,
+// and docker-archive:- from standard input, and refuses the transports
+// banger does not read with one line (issue 14 §4).
+func TestFleetTransports(t *testing.T) {
+	e := newFleetEnv(t)
+	tmp := filepath.Join(e.dir, "tmp")
+	os.MkdirAll(tmp, 0o755)
+	e.setenv("TMPDIR", tmp)
+	tag, err := name.NewTag("hello:1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(e.dir, "hello.tar")
+	if err := tarball.WriteToFile(archive, tag, testImages()["app:2"]); err != nil {
+		t.Fatal(err)
+	}
+	gzipFile(t, archive, filepath.Join(e.dir, "hello.tar.gz"))
+	wd, _ := os.Getwd()
+	ociArchive := filepath.Join(e.dir, "hello-oci.tar")
+	tarDir(t, filepath.Join(wd, "testdata/hello"), ociArchive)
+	gzipFile(t, ociArchive, filepath.Join(e.dir, "hello-oci.tar.gz"))
+
+	rootfs := func(stdout string) string {
+		t.Helper()
+		var img struct{ Name, Rootfs string }
+		if err := json.Unmarshal([]byte(stdout), &img); err != nil {
+			t.Fatalf("pull --json printed %q: %v", stdout, err)
+		}
+		sum, err := fileSHA256(img.Rootfs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img.Name + " " + sum
+	}
+	stdout, _ := e.mustPull("-q", "--json", "docker-archive:"+archive)
+	want := rootfs(stdout)
+	if !strings.HasPrefix(want, "hello:1.0 ") {
+		t.Fatalf("plain archive pulled as %s", want)
+	}
+	for _, args := range [][]string{
+		{"docker-archive:" + filepath.Join(e.dir, "hello.tar.gz")},
+		{"docker-archive:" + filepath.Join(e.dir, "hello.tar.gz") + ":hello:1.0"},
+		{"oci-archive:" + ociArchive + ":1.0"},
+		{"oci-archive:" + filepath.Join(e.dir, "hello-oci.tar.gz")},
+	} {
+		e.freshCache()
+		stdout, _ := e.mustPull(append([]string{"-q", "--json"}, args...)...)
+		want := want
+		if strings.HasPrefix(args[0], "oci-archive:") {
+			want = strings.Replace(want, "hello:", "hello-oci:", 1) // named after the file
+		}
+		if got := rootfs(stdout); got != want {
+			t.Errorf("pull %s = %s, want %s", args[0], got, want)
+		}
+	}
+	for _, file := range []string{archive, filepath.Join(e.dir, "hello.tar.gz")} {
+		e.freshCache()
+		f, err := os.Open(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdout, stderr, code := e.bangerIn(f, "image", "pull", "-q", "--json", "docker-archive:-")
+		f.Close()
+		if code != 0 {
+			t.Fatalf("docker-archive:- < %s: exit %d, %s", file, code, stderr)
+		}
+		if got := rootfs(stdout); got != want {
+			t.Errorf("docker-archive:- < %s = %s, want %s", file, got, want)
+		}
+	}
+	// Nothing is left of the spools and the unpacked layouts.
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("$TMPDIR holds %d entries after the pulls", len(left))
+	}
+
+	for _, ref := range []string{"docker-daemon:alpine:3.20", "containers-storage:alpine", "dir:" + e.dir, "docker://alpine:3.20", "ostree:x@/repo", "sif:x.sif", "tarball:x.tar"} {
+		_, stderr, code := e.banger("image", "pull", ref)
+		oneLineStderr(t, stderr)
+		if code != 2 || !strings.Contains(stderr, "oci-archive:FILE[:TAG]") {
+			t.Errorf("pull %s: exit %d, stderr %q; want 2 and banger's transports", ref, code, stderr)
+		}
+	}
+	_, stderr, code := e.banger("image", "pull", "oci-archive:"+archive) // a docker archive
+	oneLineStderr(t, stderr)
+	if code != 2 || !strings.Contains(stderr, "is a docker save archive; pull it as docker-archive:"+archive) || strings.Contains(stderr, "banger-oci-archive-") {
+		t.Errorf("a docker archive as oci-archive: exit %d, stderr %q; want a failure naming the file", code, stderr)
 	}
 }

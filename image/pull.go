@@ -72,6 +72,11 @@ type PullOptions struct {
 	// Notice, if set, is called with one line when a mirror fails and
 	// the pull moves on to the next endpoint.
 	Notice func(msg string)
+	// Stdin is what docker-archive:- reads; nil means os.Stdin.
+	Stdin io.Reader
+	// spoolDir is where archives read from Stdin or gzip are spooled:
+	// the cache's tmp dir.
+	spoolDir string
 	// Jobs bounds parallel blob fetches; 0 means DefaultJobs.
 	Jobs int
 	// Transport replaces the HTTP transport for registry requests.
@@ -139,6 +144,7 @@ func pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 	// downloads when one layer fails.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	opts.spoolDir = c.Paths().Tmp
 	src, err := resolve(ctx, ref, platform, opts)
 	if err != nil {
 		return Image{}, err

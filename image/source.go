@@ -87,9 +87,11 @@ func resolve(ctx context.Context, ref string, platform v1.Platform, opts PullOpt
 	case hasPrefix && transportName == "oci":
 		return resolveLayout(ctx, rest, platform)
 	case hasPrefix && transportName == "docker-archive":
-		return resolveArchive(rest)
-	case hasPrefix && isTransportLike(transportName, rest):
-		return nil, errorf(ErrInvalidReference, "unknown transport %q in %q; use a registry reference, oci:DIR[:TAG] or docker-archive:FILE[:REF]", transportName, ref)
+		return resolveArchiveInput(rest, opts)
+	case hasPrefix && transportName == "oci-archive":
+		return resolveOCIArchive(ctx, rest, platform, opts)
+	case hasPrefix && (otherTransports[transportName] != "" || isTransportLike(transportName, rest)):
+		return nil, refuseTransport(transportName, ref)
 	}
 	return resolveRegistry(ctx, ref, platform, opts)
 }
