@@ -69,6 +69,9 @@ type source struct {
 	openBlob func(ctx context.Context, d v1.Descriptor) (io.ReadCloser, error)
 	// close releases what the source holds open (a layout's directory).
 	close func()
+	// served is the reference at the endpoint that served a registry
+	// image (a mirror's, or the primary's as registries.conf rewrote it).
+	served string
 }
 
 // resolve turns a reference into an image:
@@ -82,9 +85,11 @@ func resolve(ctx context.Context, ref string, platform v1.Platform, opts PullOpt
 	case hasPrefix && transportName == "oci":
 		return resolveLayout(ctx, rest, platform)
 	case hasPrefix && transportName == "docker-archive":
-		return resolveArchive(rest)
-	case hasPrefix && isTransportLike(transportName, rest):
-		return nil, errorf(ErrInvalidReference, "unknown transport %q in %q; use a registry reference, oci:DIR[:TAG] or docker-archive:FILE[:REF]", transportName, ref)
+		return resolveArchiveInput(rest, opts)
+	case hasPrefix && transportName == "oci-archive":
+		return resolveOCIArchive(ctx, rest, platform, opts)
+	case hasPrefix && (otherTransports[transportName] != "" || isTransportLike(transportName, rest)):
+		return nil, refuseTransport(transportName, ref)
 	}
 	return resolveRegistry(ctx, ref, platform, opts)
 }
