@@ -102,11 +102,16 @@ func resolveArchiveInput(arg string, opts PullOptions) (*source, error) {
 		what, defaultName = "standard input", "stdin:latest"
 	default:
 		file, r := splitPathRef(arg)
-		f, err := os.Open(file)
+		// O_NONBLOCK: opening a FIFO must not wait for a writer; the type
+		// check in resolveArchive refuses it.
+		f, err := os.OpenFile(file, os.O_RDONLY|unix.O_NONBLOCK, 0)
 		if err != nil {
 			return resolveArchive(arg) // which says what is wrong
 		}
 		defer f.Close()
+		if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+			return resolveArchive(arg)
+		}
 		magic := make([]byte, 2)
 		if n, _ := io.ReadFull(f, magic); n < 2 || !bytes.Equal(magic, gzipMagic) {
 			return resolveArchive(arg)
@@ -167,7 +172,7 @@ func resolveOCIArchive(ctx context.Context, arg string, platform v1.Platform, op
 	if file == "" {
 		return nil, errorf(ErrInvalidReference, "oci-archive: needs a file, as in oci-archive:FILE[:TAG]")
 	}
-	f, err := os.Open(file)
+	f, err := os.OpenFile(file, os.O_RDONLY|unix.O_NONBLOCK, 0) // a FIFO must not block the open
 	if err != nil {
 		return nil, fmt.Errorf("opening OCI archive: %w; expected a tar of an OCI layout (skopeo copy … oci-archive:FILE)", err)
 	}
