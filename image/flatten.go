@@ -74,6 +74,8 @@ func flatten(ctx context.Context, w io.Writer, layers []flattenLayer, spoolDir s
 		upper:    make(map[string]shadow),
 		waiting:  make(map[string]*inode),
 		buf:      make([]byte, 32<<10),
+		layers:   layers,
+		simLayer: -1,
 	}
 	for i := len(layers) - 1; i >= 0; i-- {
 		if err := f.readLayer(ctx, i, layers[i]); err != nil {
@@ -153,6 +155,10 @@ func (ino *inode) held() bool { return ino.hdr.Typeflag == tar.TypeSymlink }
 // layerEntry is an entry of the layer being read.
 type layerEntry struct {
 	ino *inode // nil for a directory
+	// closed is set on a directory whose parents are all directory
+	// entries of this layer read before it: entries under it land at
+	// their own names (see declared).
+	closed bool
 	// attached are upper-layer hardlinks that resolved at this entry; a
 	// duplicate of this name later in the layer takes them over.
 	attached []string
@@ -173,6 +179,9 @@ type layerState struct {
 	heldAt   map[string]int
 	spool    *os.File
 	spoolEnd int64
+	// whiteouts are the layer's whiteout names, for replay if a later
+	// entry needs names resolved.
+	whiteouts []string
 }
 
 func (ls *layerState) hold(h *tar.Header) {
@@ -228,6 +237,17 @@ type flattener struct {
 	// waiting are placeholders of upper layers, by target path: the next
 	// entry read at that path provides their content.
 	waiting map[string]*inode
+	// expanded counts the bytes of sparse files written or spooled.
+	expanded int64
+
+	// Resolution through symlinks (flatten_resolve.go): layers is kept to
+	// scan the lower layers once; sim is the tree below and in layer
+	// simLayer while that layer is read; rewrites[j] are the entries of
+	// layer j < simLayer that land elsewhere than their names.
+	layers   []flattenLayer
+	sim      *simTree
+	simLayer int
+	rewrites []map[int]rewrite
 }
 
 func (f *flattener) readLayer(ctx context.Context, idx int, l flattenLayer) (err error) {
@@ -255,7 +275,7 @@ func (f *flattener) readLayer(ctx context.Context, idx int, l flattenLayer) (err
 	}()
 
 	tr := tar.NewReader(rc)
-	for {
+	for i := 0; ; i++ {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("layer %d: %w", idx, err)
 		}
@@ -266,9 +286,15 @@ func (f *flattener) readLayer(ctx context.Context, idx int, l flattenLayer) (err
 		if err != nil {
 			return fmt.Errorf("layer %d: reading tar: %w", idx, err)
 		}
-		if err := f.entry(ls, tr, hdr); err != nil {
-			return fmt.Errorf("layer %d: entry %q: %w", idx, hdr.Name, err)
+		if err := f.entry(ctx, ls, i, tr, hdr); err != nil {
+			return fmt.Errorf("layer %d: entry %q: %w", idx, shorten(hdr.Name), err)
 		}
+	}
+	if idx == f.simLayer {
+		f.sim = nil // the layers below have their rewrites
+	}
+	if idx < len(f.rewrites) {
+		f.rewrites[idx] = nil
 	}
 	// The caller's reader checks the diff ID only when it reaches EOF, and
 	// the tar reader stops at the end marker, before any padding.
@@ -332,7 +358,8 @@ func (f *flattener) checkResolved() error {
 	return fmt.Errorf("layer %d: entry %q: hardlink target %q not found in its layer or below", ph.layer, ph.name, ph.target)
 }
 
-func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error {
+func (f *flattener) entry(ctx context.Context, ls *layerState, idx int, tr *tar.Reader, hdr *tar.Header) error {
+	sparse := hdr.Typeflag == tar.TypeGNUSparse
 	switch hdr.Typeflag {
 	case tar.TypeXGlobalHeader:
 		// Archive-wide PAX records: Go's reader (and so umoci) does not
@@ -355,10 +382,6 @@ func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error
 		}
 		return nil // the root exists anyway; its metadata is the extractor's business
 	}
-	if base := path.Base(name); strings.HasPrefix(base, whiteoutPrefix) {
-		return f.whiteout(ls, path.Dir(name), base)
-	}
-
 	var linkTarget string
 	if hdr.Typeflag == tar.TypeLink {
 		if linkTarget, err = cleanName(hdr.Linkname); err != nil {
@@ -366,6 +389,26 @@ func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error
 		}
 		if linkTarget == "." {
 			return errors.New("hardlink to the root directory")
+		}
+	}
+	if name, linkTarget, err = f.resolveEntry(ctx, ls, idx, hdr, name, linkTarget); err != nil {
+		return err
+	}
+	if err := checkName(name); err != nil {
+		return err
+	}
+	if base := path.Base(name); strings.HasPrefix(base, whiteoutPrefix) {
+		if f.simLayer < 0 {
+			ls.whiteouts = append(ls.whiteouts, name)
+		}
+		return f.whiteout(ls, path.Dir(name), base)
+	}
+	if !sparse {
+		for k := range hdr.PAXRecords {
+			if strings.HasPrefix(k, "GNU.sparse.") {
+				sparse = true
+				break
+			}
 		}
 	}
 
@@ -442,7 +485,11 @@ func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error
 		delete(f.waiting, name)
 		attached = append(attached, ph.members...)
 	}
-	ls.entries[name] = &layerEntry{ino: ino, attached: attached}
+	le := &layerEntry{ino: ino, attached: attached}
+	if isDir {
+		le.closed = ls.declared(name)
+	}
+	ls.entries[name] = le
 
 	if isDir {
 		// Hardlinks to a directory fail at the end of the layer unless a
@@ -466,14 +513,36 @@ func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error
 	if ino.hdr == hdr {
 		content = tr
 	}
+	spool := content != nil && len(members) == 0 && hdr.Typeflag == tar.TypeReg && hdr.Size > 0
+	if sparse && content != nil && (len(members) > 0 || spool) {
+		if err := f.expand(hdr.Size); err != nil {
+			return err
+		}
+	}
 	if err := f.emit(ls, ino, members, content); err != nil {
 		return err
 	}
-	if content != nil && ino.out == "" && hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+	if spool {
 		if err := ls.spoolContent(ino, tr, hdr.Size, f.spoolDir, f.buf); err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// maxSparseExpansion bounds the bytes of sparse files that one image may
+// expand to. A sparse entry stores only its data, and the output carries
+// the file expanded (Go's tar writer cannot write sparse maps), so a few
+// KiB of layer could otherwise declare a TiB file and fill the disk.
+const maxSparseExpansion = 1 << 30
+
+// expand counts size bytes of a sparse file about to be written or spooled,
+// before any of it is.
+func (f *flattener) expand(size int64) error {
+	if size > maxSparseExpansion-f.expanded {
+		return fmt.Errorf("sparse file of %d bytes would take the image's sparse files past banger's limit of %d bytes expanded (%d so far); the image may be hostile, or rebuild it without the sparse file", size, int64(maxSparseExpansion), f.expanded)
+	}
+	f.expanded += size
 	return nil
 }
 

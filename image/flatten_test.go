@@ -408,6 +408,8 @@ func TestFlatten(t *testing.T) {
 		// deliberately does not follow it.
 		notUmoci string
 		wantErr  string
+		// umociErr says that umoci refuses the stack too.
+		umociErr bool
 		// check inspects the raw output entries.
 		check func(t *testing.T, out []outEntry)
 	}{
@@ -1010,6 +1012,216 @@ func TestFlatten(t *testing.T) {
 			},
 			wantErr: `layer 0: entry "x": non-directory replaces a directory`,
 		},
+		// Issue 12: parents resolve through symlinks of the tree below, as
+		// umoci (securejoin) and containerd (fs.RootPath) resolve them.
+		{
+			name: "merged usr: bin relative symlink keeps its contents",
+			layers: [][]ent{
+				{tDir("usr"), tDir("usr/bin"), tRegMode("usr/bin/sh", "sh", 0o755), tSym("bin", "usr/bin")},
+				{tReg("bin/hello", "hi")},
+			},
+			want: map[string]node{
+				"bin": nSym("usr/bin"), "usr": nDir(), "usr/bin": nDir(),
+				"usr/bin/sh": nFileMode("sh", 0o755), "usr/bin/hello": nFile("hi"),
+			},
+		},
+		{
+			name: "merged usr: bin absolute symlink keeps its contents",
+			layers: [][]ent{
+				{tDir("usr"), tDir("usr/bin"), tRegMode("usr/bin/sh", "sh", 0o755), tSym("bin", "/usr/bin")},
+				{tReg("bin/hello", "hi")},
+			},
+			want: map[string]node{
+				"bin": nSym("/usr/bin"), "usr": nDir(), "usr/bin": nDir(),
+				"usr/bin/sh": nFileMode("sh", 0o755), "usr/bin/hello": nFile("hi"),
+			},
+		},
+		{
+			name: "merged usr: lib multiarch directory through relative and absolute symlinks",
+			layers: [][]ent{
+				{
+					tDir("usr"), tDir("usr/lib"), tDir("usr/lib/x86_64-linux-gnu"), tReg("usr/lib/x86_64-linux-gnu/libc.so.6", "libc"),
+					tSym("lib", "usr/lib"), tDir("usr/lib64"), tSym("lib64", "/usr/lib64"),
+				},
+				{tReg("lib/x86_64-linux-gnu/libfoo.so.1", "foo"), tReg("lib64/ld-linux-x86-64.so.2", "ld")},
+			},
+			want: map[string]node{
+				"lib": nSym("usr/lib"), "lib64": nSym("/usr/lib64"), "usr": nDir(), "usr/lib": nDir(), "usr/lib64": nDir(),
+				"usr/lib/x86_64-linux-gnu": nDir(), "usr/lib/x86_64-linux-gnu/libc.so.6": nFile("libc"),
+				"usr/lib/x86_64-linux-gnu/libfoo.so.1": nFile("foo"), "usr/lib64/ld-linux-x86-64.so.2": nFile("ld"),
+			},
+		},
+		{
+			name: "merged usr: upper entry through the symlink replaces the lower file",
+			layers: [][]ent{
+				{tDir("usr"), tDir("usr/bin"), tReg("usr/bin/sh", "old sh"), tSym("bin", "usr/bin"), tReg("bin/ls", "ls")},
+				{tReg("bin/sh", "new sh")},
+				{tDir("etc"), tReg("etc/motd", "declared parents need no resolving")},
+			},
+			want: map[string]node{
+				"bin": nSym("usr/bin"), "usr": nDir(), "usr/bin": nDir(), "usr/bin/sh": nFile("new sh"),
+				"usr/bin/ls": nFile("ls"), "etc": nDir(), "etc/motd": nFile("declared parents need no resolving"),
+			},
+		},
+		{
+			name: "symlinked parent into the root and climbing out of it",
+			layers: [][]ent{
+				{tDir("r"), tSym("up", "../../.."), tSym("slash", "/"), tSym("abs", "/r"), tSym("rel", "./r/../r")},
+				{tReg("up/a", "a"), tReg("slash/b", "b"), tReg("abs/c", "c"), tReg("rel/d", "d")},
+			},
+			want: map[string]node{
+				"r": nDir(), "up": nSym("../../.."), "slash": nSym("/"), "abs": nSym("/r"), "rel": nSym("./r/../r"),
+				"a": nFile("a"), "b": nFile("b"), "r/c": nFile("c"), "r/d": nFile("d"),
+			},
+		},
+		{
+			name: "symlinked grandparent",
+			layers: [][]ent{
+				{tDir("real"), tDir("real/sub"), tDir("real/sub/deeper"), tSym("x", "real")},
+				{tReg("x/sub/deeper/f", "f")},
+			},
+			want: map[string]node{
+				"real": nDir(), "real/sub": nDir(), "real/sub/deeper": nDir(), "real/sub/deeper/f": nFile("f"), "x": nSym("real"),
+			},
+		},
+		{
+			name: "symlink to a missing directory: the entry creates it",
+			layers: [][]ent{
+				{tSym("x", "/nope/deeper")},
+				{tReg("x/f", "f")},
+			},
+			want: withParents(map[string]node{"x": nSym("/nope/deeper"), "nope/deeper/f": nFile("f")}),
+		},
+		{
+			name: "chain of symlinks",
+			layers: [][]ent{
+				{tDir("real"), tSym("a", "b"), tSym("b", "/c"), tSym("c", "../real")},
+				{tReg("a/f", "f")},
+			},
+			want: map[string]node{"real": nDir(), "real/f": nFile("f"), "a": nSym("b"), "b": nSym("/c"), "c": nSym("../real")},
+		},
+		{
+			name: "symlink then entry in the same layer",
+			layers: [][]ent{
+				{tDir("real"), tReg("real/lower", "l")},
+				{tSym("x", "real"), tReg("x/f", "f")},
+			},
+			want: map[string]node{"real": nDir(), "real/lower": nFile("l"), "real/f": nFile("f"), "x": nSym("real")},
+		},
+		{
+			name: "symlink then entry in the bottom layer",
+			layers: [][]ent{
+				{tDir("real"), tSym("x", "real"), tReg("x/f", "f"), tLink("x/h", "x/f")},
+			},
+			want:   map[string]node{"real": nDir(), "real/f": nFile("f"), "real/h": nFile("f"), "x": nSym("real")},
+			linked: [][]string{{"real/f", "real/h"}},
+		},
+		{
+			name: "directory entry replaces a lower symlink, with children",
+			layers: [][]ent{
+				{tDir("usr"), tDir("usr/bin"), tReg("usr/bin/sh", "sh"), tSym("bin", "usr/bin")},
+				{tDirMode("bin", 0o700), tReg("bin/hello", "hi")},
+			},
+			want: map[string]node{
+				"bin": nDirMode(0o700), "bin/hello": nFile("hi"), "usr": nDir(), "usr/bin": nDir(), "usr/bin/sh": nFile("sh"),
+			},
+		},
+		{
+			name: "directory entry replaces the symlink that earlier entries of its layer went through",
+			layers: [][]ent{
+				{tDir("usr"), tDir("usr/bin"), tReg("usr/bin/sh", "sh"), tSym("bin", "usr/bin")},
+				{tReg("bin/hello", "hi"), tDir("bin"), tReg("bin/two", "2")},
+			},
+			want: map[string]node{
+				"bin": nDir(), "bin/two": nFile("2"), "usr": nDir(), "usr/bin": nDir(), "usr/bin/sh": nFile("sh"), "usr/bin/hello": nFile("hi"),
+			},
+		},
+		{
+			name: "whiteout through a symlinked parent",
+			layers: [][]ent{
+				{tDir("real"), tReg("real/f", "f"), tReg("real/g", "g"), tSym("x", "real")},
+				{tWh("x/f")},
+			},
+			want: map[string]node{"real": nDir(), "real/g": nFile("g"), "x": nSym("real")},
+		},
+		{
+			name: "whiteout of the symlink itself removes the link, not its target",
+			layers: [][]ent{
+				{tDir("real"), tReg("real/f", "f"), tSym("x", "real")},
+				{tWh("x")},
+			},
+			want: map[string]node{"real": nDir(), "real/f": nFile("f")},
+		},
+		{
+			name: "opaque marker through a symlinked directory",
+			layers: [][]ent{
+				{tDir("real"), tReg("real/f", "f"), tSym("x", "real")},
+				{tOpq("x"), tReg("x/n", "n")},
+			},
+			want: map[string]node{"real": nDir(), "real/n": nFile("n"), "x": nSym("real")},
+		},
+		{
+			name: "hardlink target through a symlinked parent",
+			layers: [][]ent{
+				{tDir("real"), tReg("real/t", "t"), tSym("x", "real")},
+				{tLink("h", "x/t")},
+			},
+			want:   map[string]node{"real": nDir(), "real/t": nFile("t"), "h": nFile("t"), "x": nSym("real")},
+			linked: [][]string{{"h", "real/t"}},
+		},
+		{
+			name: "hardlink to a symlink is a parent for later entries",
+			layers: [][]ent{
+				{tDir("real"), tSym("s", "real"), tLink("h", "s")},
+				{tReg("h/f", "f")},
+			},
+			want:   map[string]node{"real": nDir(), "real/f": nFile("f"), "s": nSym("real"), "h": nSym("real")},
+			linked: [][]string{{"h", "s"}},
+		},
+		{
+			name: "symlinked parents in a middle layer rewrite the layers below",
+			layers: [][]ent{
+				{tDir("usr"), tDir("usr/bin"), tReg("usr/bin/sh", "sh"), tSym("bin", "usr/bin"), tReg("bin/a", "a0"), tReg("bin/b", "b0")},
+				{tDir("opt"), tReg("opt/o", "o")},
+				{tReg("bin/a", "a2"), tWh("bin/b"), tLink("bin/sh2", "bin/sh")},
+				{tDir("etc"), tReg("etc/x", "x")},
+			},
+			want: map[string]node{
+				"bin": nSym("usr/bin"), "usr": nDir(), "usr/bin": nDir(), "usr/bin/sh": nFile("sh"), "usr/bin/sh2": nFile("sh"),
+				"usr/bin/a": nFile("a2"), "opt": nDir(), "opt/o": nFile("o"), "etc": nDir(), "etc/x": nFile("x"),
+			},
+			linked: [][]string{{"usr/bin/sh", "usr/bin/sh2"}},
+		},
+		{
+			name: "symlink loop refused",
+			layers: [][]ent{
+				{tSym("a", "b"), tSym("b", "/a")},
+				{tReg("a/f", "f")},
+			},
+			wantErr:  `layer 1: entry "a/f": resolving "a": too many levels of symbolic links`,
+			umociErr: true,
+		},
+		{
+			name: "parent resolving to a file refused",
+			layers: [][]ent{
+				{tReg("file", "f"), tSym("x", "file")},
+				{tReg("x/f", "f")},
+			},
+			wantErr:  `layer 1: entry "x/f": parent "file" is not a directory`,
+			umociErr: true,
+		},
+		{
+			name:     "component longer than NAME_MAX refused",
+			layers:   [][]ent{{tReg("ok", "ok")}, {tReg("d/"+strings.Repeat("n", 256), "x")}},
+			wantErr:  `layer 1: entry "d/nnnn`,
+			umociErr: true,
+		},
+		{
+			name:     "path longer than PATH_MAX refused",
+			layers:   [][]ent{{tReg(strings.Repeat("0123456789/", 400)+"f", "x")}},
+			wantErr:  `name is 4401 bytes, over Linux's limit of 4095 (PATH_MAX)`,
+			umociErr: true,
+		},
 	}
 	// With umoci on PATH, every case that flatten accepts is also unpacked by
 	// umoci, and tar -x of flatten's output must give the same tree.
@@ -1021,6 +1233,20 @@ func TestFlatten(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("flatten: got error %v, want one containing %q", err, tt.wantErr)
 				}
+				if msg := err.Error(); strings.ContainsAny(msg, "\n\r") {
+					t.Errorf("flatten: got error %q, want one line", msg)
+				}
+				if !tt.umociErr {
+					return
+				}
+				t.Run("umoci", func(t *testing.T) {
+					if umoci == "" {
+						t.Skip("umoci not on PATH: not checked that umoci refuses this stack too")
+					}
+					if _, err := tryUmociUnpack(t, umoci, tarBlobs(t, tt.layers)); err == nil {
+						t.Errorf("umoci raw unpack: got success, want it to refuse the stack as flatten does")
+					}
+				})
 				return
 			}
 			if err != nil {
@@ -1041,15 +1267,14 @@ func TestFlatten(t *testing.T) {
 			tree, groups := walkTree(t, extract(t, b))
 			compareTrees(t, tree, tt.want)
 			compareGroups(t, groups, tt.linked)
-			if umoci == "" || tt.notUmoci != "" {
+			if tt.notUmoci != "" {
 				return
 			}
 			t.Run("umoci", func(t *testing.T) {
-				var blobs [][]byte
-				for _, l := range tt.layers {
-					blobs = append(blobs, tarBytes(t, l))
+				if umoci == "" {
+					t.Skip("umoci not on PATH: tree not compared with umoci's")
 				}
-				uTree, uGroups := walkTree(t, umociUnpack(t, umoci, blobs))
+				uTree, uGroups := walkTree(t, umociUnpack(t, umoci, tarBlobs(t, tt.layers)))
 				compareTrees(t, tree, uTree)
 				compareGroups(t, groups, uGroups)
 			})
@@ -1398,14 +1623,33 @@ func TestFlattenMatchesUmoci(t *testing.T) {
 // with umoci and returns the rootfs directory.
 func umociUnpack(t *testing.T, umoci string, layers [][]byte) string {
 	t.Helper()
+	rootfs, err := tryUmociUnpack(t, umoci, layers)
+	if err != nil {
+		t.Fatalf("umoci raw unpack: got %v, want success", err)
+	}
+	return rootfs
+}
+
+// tryUmociUnpack is umociUnpack for stacks that umoci may refuse.
+func tryUmociUnpack(t *testing.T, umoci string, layers [][]byte) (string, error) {
+	t.Helper()
 	layout := filepath.Join(t.TempDir(), "image")
 	writeOCILayout(t, layout, layers)
 	rootfs := filepath.Join(t.TempDir(), "rootfs")
 	cmd := exec.Command(umoci, "raw", "unpack", "--rootless", "--image", layout+":test", rootfs)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("umoci raw unpack: got %v (%s), want success", err, out)
+		return "", fmt.Errorf("%w (%s)", err, bytes.TrimSpace(out))
 	}
-	return rootfs
+	return rootfs, nil
+}
+
+func tarBlobs(t testing.TB, layers [][]ent) [][]byte {
+	t.Helper()
+	var blobs [][]byte
+	for _, l := range layers {
+		blobs = append(blobs, tarBytes(t, l))
+	}
+	return blobs
 }
 
 // writeOCILayout writes an OCI image layout with one manifest tagged "test"
@@ -1713,5 +1957,29 @@ func TestFlattenMatchesUmociRandom(t *testing.T) {
 	t.Logf("stacks compared with umoci: %d", compared)
 	if compared < 100 {
 		t.Errorf("stacks compared with umoci: got %d, want at least 100", compared)
+	}
+}
+
+// BenchmarkFlattenDuplicateHardlinks re-points n hard links within one
+// layer: every link name appears twice, first linking t and then t2, so each
+// second entry detaches a name from t's inode.
+func BenchmarkFlattenDuplicateHardlinks(b *testing.B) {
+	for _, n := range []int{25_000, 50_000, 100_000} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			ents := []ent{tReg("t", "one"), tReg("t2", "two")}
+			for i := range n {
+				ents = append(ents, tLink(fmt.Sprintf("l%06d", i), "t"))
+			}
+			for i := range n {
+				ents = append(ents, tLink(fmt.Sprintf("l%06d", i), "t2"))
+			}
+			layers := []flattenLayer{memLayer(tarBytes(b, ents))}
+			spool := b.TempDir()
+			for b.Loop() {
+				if err := flatten(context.Background(), io.Discard, layers, spool); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
