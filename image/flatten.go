@@ -39,7 +39,12 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"time"
 )
+
+// errSameLayerDirReplaced is the start of the error for a non-directory that
+// replaces a directory whose entries came earlier in the same layer.
+const errSameLayerDirReplaced = "non-directory replaces a directory that has entries earlier in the same layer"
 
 const (
 	whiteoutPrefix = ".wh."
@@ -83,6 +88,9 @@ func flatten(ctx context.Context, w io.Writer, layers []flattenLayer, spoolDir s
 		}
 	}
 	if err := f.checkResolved(); err != nil {
+		return err
+	}
+	if err := f.writeImplicit(); err != nil {
 		return err
 	}
 	if err := f.tw.Close(); err != nil {
@@ -307,6 +315,9 @@ type flattener struct {
 	waiting map[string]*inode
 	// expanded counts the bytes of sparse files written or spooled.
 	expanded int64
+	// implicit are directories that exist only as parents of shadowed
+	// entries, with the mtime to write them with (see needParents).
+	implicit map[string]time.Time
 
 	// Resolution through symlinks (flatten_resolve.go): layers is kept to
 	// scan the lower layers once; sim is the tree below and in layer
@@ -497,7 +508,7 @@ func (f *flattener) entry(ctx context.Context, ls *layerState, idx int, tr *tar.
 			// umoci would delete the entries already unpacked under it; they
 			// are already written here, and tar -x cannot replace a non-empty
 			// directory by a file.
-			return errors.New("non-directory replaces a directory that has entries earlier in the same layer")
+			return errors.New(errSameLayerDirReplaced + "; banger cannot take back entries it has written, so rebuild the layer without the directory")
 		}
 		if isDir {
 			ls.marks[name] = m | markDir
@@ -505,6 +516,9 @@ func (f *flattener) entry(ctx context.Context, ls *layerState, idx int, tr *tar.
 			ls.marks[name] = m | markNonDir
 		}
 		ls.markParents(name)
+	}
+	if !visible && !aufsMeta && !ls.declared(name) {
+		f.needParents(ls, name, hdr.ModTime)
 	}
 
 	// The inode this entry belongs to, looked up before a duplicate of this
@@ -614,6 +628,61 @@ func (f *flattener) expand(size int64) error {
 	return nil
 }
 
+// needParents records the parents of an entry that is not written and whose
+// layer did not declare them. Unpacking creates them for the entry (umoci's
+// MkdirAll, tar's implicit directories), and they stay unless a layer above
+// removes them; but no output entry may create them. Those no other entry
+// writes are written at the end, as tar and umoci create them: mode 0755,
+// owned by root.
+func (f *flattener) needParents(ls *layerState, name string, mtime time.Time) {
+	if f.upper["."]&hideBelow != 0 {
+		return
+	}
+	// From the top down: an upper whiteout or non-directory at d removes d
+	// and what is under it, an upper opaque marker what is under it.
+	for i := 0; ; {
+		j := strings.IndexByte(name[i:], '/')
+		if j < 0 {
+			return
+		}
+		d := name[:i+j]
+		i += j + 1
+		sh := f.upper[d]
+		if sh&hideSelf != 0 && sh&hideBelow != 0 {
+			return
+		}
+		// An upper entry at or under d, or a directory entry of this layer
+		// at d, writes d or makes tar create it.
+		if sh&(hideSelf|hideNonDir) == 0 && ls.marks[d]&markDir == 0 {
+			if f.implicit == nil {
+				f.implicit = make(map[string]time.Time)
+			}
+			if _, ok := f.implicit[d]; !ok {
+				f.implicit[d] = mtime
+			}
+		}
+		if sh&hideBelow != 0 {
+			return
+		}
+	}
+}
+
+func (f *flattener) writeImplicit() error {
+	dirs := make([]string, 0, len(f.implicit))
+	for d := range f.implicit {
+		dirs = append(dirs, d)
+	}
+	slices.Sort(dirs) // parents first, and the same output every time
+	for _, d := range dirs {
+		h := &tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: f.implicit[d]}
+		keepNanos(h)
+		if err := f.tw.WriteHeader(h); err != nil {
+			return fmt.Errorf("writing %q: %w", h.Name, err)
+		}
+	}
+	return nil
+}
+
 // whiteout records .wh.NAME and .wh..wh..opq entries found in dir.
 func (f *flattener) whiteout(ls *layerState, dir, base string) error {
 	var target string
@@ -714,6 +783,9 @@ func (f *flattener) emit(ls *layerState, ino *inode, names []string, content io.
 }
 
 func (f *flattener) write(h *tar.Header, data io.Reader) error {
+	if f.implicit != nil && h.Typeflag == tar.TypeDir {
+		delete(f.implicit, strings.TrimSuffix(h.Name, "/"))
+	}
 	if err := f.tw.WriteHeader(h); err != nil {
 		return fmt.Errorf("writing %q: %w", h.Name, err)
 	}
