@@ -23,6 +23,10 @@ package image
 // Whiteouts and entries of a layer only shadow lower layers: their effect is
 // collected while the layer is read and merged into the index at its end.
 //
+// Names are those the entries land at once their parents are resolved
+// through the symlinks of the tree below, as umoci and containerd resolve
+// them; flatten_resolve.go says how that works top-down.
+//
 // Names are written once, except for duplicates inside one layer (see
 // flatten). Symlinks, and hardlinks to them, are held back until the end of
 // their layer: a duplicate can then drop them, which matters because GNU tar
@@ -66,12 +70,23 @@ type flattenLayer struct {
 // spoolDir is a writable directory for temporary files (same filesystem as the output); flatten removes what it creates there.
 //
 // The result, extracted with tar -x, is the tree that unpacking the layers in
-// order produces (umoci unpack). Every name is written once, except for
+// order produces (umoci unpack): an entry's parents are resolved through
+// symlinks inside the root, so a layer adding bin/hello over a base where
+// bin -> usr/bin writes usr/bin/hello. Every name is written once, except for
 // duplicate names inside one layer: a replaced regular file, hardlink,
 // directory or device stays in the output before its replacement, so the
 // later entry wins on extraction, as with tar -x of that layer. Names and
 // hardlink targets that climb out of the root are errors, as are hardlinks
-// whose target is missing or a directory (umoci fails on those too).
+// whose target is missing or a directory, parents that resolve to a file or
+// through a symlink loop, and names longer than Linux allows (umoci fails on
+// those too). So is a non-directory that replaces a directory whose entries
+// came earlier in the same layer, which umoci accepts: those entries are
+// already written. Sparse files are written expanded, at most
+// maxSparseExpansion bytes of them per image.
+//
+// Each layer is opened once, and once more, before, if some upper layer has
+// an entry whose parents it does not declare as directories itself; open is
+// never called for a layer whose earlier stream is still open.
 func flatten(ctx context.Context, w io.Writer, layers []flattenLayer, spoolDir string) error {
 	f := &flattener{
 		tw:       tar.NewWriter(w),

@@ -1543,6 +1543,89 @@ func TestFlattenSparseInput(t *testing.T) {
 	}
 }
 
+// TestFlattenSparseLimit feeds sparse files that declare far more than they
+// store: flatten must refuse them, with one line, before writing their
+// holes out, once they add up past maxSparseExpansion.
+func TestFlattenSparseLimit(t *testing.T) {
+	tests := []struct {
+		name    string
+		sizes   []int64 // logical sizes of the sparse files, in one layer
+		wantErr string
+	}{
+		{name: "one file at the limit", sizes: []int64{maxSparseExpansion}},
+		{name: "one file past the limit", sizes: []int64{maxSparseExpansion + 1}, wantErr: `entry "s0": sparse file of 1073741825 bytes`},
+		{name: "a TiB from a few KiB", sizes: []int64{1 << 40}, wantErr: `entry "s0": sparse file of 1099511627776 bytes`},
+		{name: "files adding up past the limit", sizes: []int64{600 << 20, 600 << 20}, wantErr: `entry "s1": sparse file of 629145600 bytes would take the image's sparse files past banger's limit of 1073741824 bytes expanded (629145600 so far)`},
+	}
+	for _, format := range []string{"gnu", "posix"} {
+		for _, tt := range tests {
+			t.Run(format+"/"+tt.name, func(t *testing.T) {
+				src := t.TempDir()
+				var names []string
+				for i, size := range tt.sizes {
+					name := fmt.Sprintf("s%d", i)
+					names = append(names, name)
+					f, err := os.Create(filepath.Join(src, name))
+					if err != nil {
+						t.Fatal(err)
+					}
+					// One byte of data at the start; the rest is a hole.
+					if _, err := f.WriteString("x"); err != nil {
+						t.Fatal(err)
+					}
+					if err := f.Truncate(size); err != nil {
+						t.Fatal(err)
+					}
+					if err := f.Close(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				cmd := exec.Command("tar", append([]string{"--sparse", "--format=" + format, "-cf", "-", "-C", src}, names...)...)
+				layer, err := cmd.Output()
+				if err != nil {
+					t.Fatalf("tar -c: got %v, want success", err)
+				}
+				if len(layer) > 1<<20 {
+					t.Fatalf("test layer: got %d bytes, want a sparse archive of a few KiB", len(layer))
+				}
+				w := &countingWriter{}
+				err = flatten(context.Background(), w, []flattenLayer{memLayer(layer)}, t.TempDir())
+				if tt.wantErr == "" {
+					if err != nil {
+						t.Fatalf("flatten: got error %v, want nil", err)
+					}
+					if w.n < tt.sizes[0] {
+						t.Errorf("output: got %d bytes, want the file expanded to at least %d", w.n, tt.sizes[0])
+					}
+					return
+				}
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("flatten: got error %v, want one containing %q", err, tt.wantErr)
+				}
+				if strings.ContainsAny(err.Error(), "\n\r") {
+					t.Errorf("flatten: got error %q, want one line", err)
+				}
+				// Files before the refused one are written in full.
+				var before int64
+				for _, size := range tt.sizes[:len(tt.sizes)-1] {
+					before += size
+				}
+				if w.n > before+1<<20 {
+					t.Errorf("output: got %d bytes written, want at most %d: the refused file must not be written", w.n, before+1<<20)
+				}
+			})
+		}
+	}
+}
+
+// countingWriter discards what it is given and counts it.
+type countingWriter struct{ n int64 }
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	return len(p), nil
+}
+
 // TestFlattenMatchesUmoci unpacks a tricky layer stack with umoci and compares
 // its tree with tar -x of flatten's output.
 func TestFlattenMatchesUmoci(t *testing.T) {
