@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 var testTime = time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
@@ -2113,4 +2115,64 @@ func BenchmarkFlattenDuplicateHardlinks(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestFlattenResolvesThroughPullReaders runs a merged-/usr stack through
+// writeRootfs, whose layer streams are gzip readers over one shared file per
+// layer that every open rewinds: the scan of the lower layers must not
+// disturb the stream being read, and the diff IDs still verify.
+func TestFlattenResolvesThroughPullReaders(t *testing.T) {
+	layers := [][]ent{
+		{tDir("usr"), tDir("usr/bin"), tRegMode("usr/bin/sh", "sh", 0o755), tSym("bin", "usr/bin")},
+		{tDir("etc"), tReg("etc/hostname", "h")},
+		{tReg("bin/hello", "hi")},
+	}
+	dir := t.TempDir()
+	var files []*os.File
+	var diffIDs []v1.Hash
+	for i, b := range tarBlobs(t, layers) {
+		sum := sha256.Sum256(b)
+		diffIDs = append(diffIDs, v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])})
+		var gz bytes.Buffer
+		zw := gzip.NewWriter(&gz)
+		if _, err := zw.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if err := zw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		name := filepath.Join(t.TempDir(), fmt.Sprintf("layer%d", i))
+		if err := os.WriteFile(name, gz.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		files = append(files, f)
+	}
+	opens := make([]int, len(files))
+	layer := func(_ context.Context, i int) (*os.File, error) {
+		opens[i]++
+		if _, err := files[i].Seek(0, io.SeekStart); err != nil {
+			return nil, err
+		}
+		return files[i], nil
+	}
+	if err := writeRootfs(t.Context(), dir, layer, diffIDs); err != nil {
+		t.Fatalf("writeRootfs: got error %v, want nil", err)
+	}
+	if want := []int{2, 2, 1}; !slices.Equal(opens, want) {
+		t.Errorf("layer opens: got %v, want %v (the lower layers once more, to resolve)", opens, want)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, rootfsName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, _ := walkTree(t, extract(t, b))
+	compareTrees(t, tree, map[string]node{
+		"bin": nSym("usr/bin"), "usr": nDir(), "usr/bin": nDir(), "usr/bin/sh": nFileMode("sh", 0o755),
+		"usr/bin/hello": nFile("hi"), "etc": nDir(), "etc/hostname": nFile("h"),
+	})
 }
