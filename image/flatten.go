@@ -205,6 +205,15 @@ type layerState struct {
 	// whiteouts are the layer's whiteout names, for replay if a later
 	// entry needs names resolved.
 	whiteouts []string
+	// parents are the paths markParents marked, in order; keepAfter are
+	// the targets of whiteouts and opaque markers that came after entries
+	// under them, each with len(parents) at the time (see addKeepDirs).
+	parents   []string
+	keepAfter map[string]int
+	// keepGone are names that buried whiteouts and non-directories of this
+	// layer remove, which its marks leave out: kept directories at or
+	// under them go too.
+	keepGone []string
 }
 
 func (ls *layerState) hold(h *tar.Header) {
@@ -330,6 +339,9 @@ type flattener struct {
 	waiting map[string]*inode
 	// expanded counts the bytes of sparse files written or spooled.
 	expanded int64
+	// keepDirs are lower directories that upper whiteouts or opaque
+	// markers hide the contents of but not the directory (addKeepDirs).
+	keepDirs map[string]struct{}
 	// implicit are directories that exist only as parents of shadowed
 	// entries, with the mtime to write them with (see needParents).
 	implicit map[string]time.Time
@@ -419,6 +431,10 @@ func (f *flattener) commit(ls *layerState) error {
 		if err := f.write(h, nil); err != nil {
 			return fmt.Errorf("layer %d: %w", ls.idx, err)
 		}
+	}
+	f.pruneKeepDirs(ls)
+	if ls.keepAfter != nil {
+		f.addKeepDirs(ls)
 	}
 	for p, m := range ls.marks {
 		f.upper[p] |= m.shadow()
@@ -513,6 +529,13 @@ func (f *flattener) entry(ctx context.Context, ls *layerState, idx int, tr *tar.
 		return nil
 	}
 	buried := aufsMeta || f.buried(name)
+	if buried && len(f.keepDirs) > 0 {
+		if _, keep := f.keepDirs[name]; keep && isDir {
+			buried = false
+		} else if !isDir {
+			ls.keepGone = append(ls.keepGone, name)
+		}
+	}
 	sh := f.upper[name]
 	visible := !buried && sh&hideSelf == 0 && (isDir || sh&hideNonDir == 0)
 	if !buried {
@@ -715,6 +738,9 @@ func (f *flattener) whiteout(ls *layerState, dir, base string) error {
 		target, m = path.Join(dir, n), markWhiteout
 	}
 	if f.buried(target) {
+		if len(f.keepDirs) > 0 {
+			ls.keepGone = append(ls.keepGone, target)
+		}
 		return nil
 	}
 	if m == markWhiteout && ls.marks[target]&markParent != 0 {
@@ -725,8 +751,63 @@ func (f *flattener) whiteout(ls *layerState, dir, base string) error {
 		// entries then recreate it.
 		m = markOpaque
 	}
+	if m == markOpaque && (ls.marks[target]&markParent != 0 || target == "." && len(ls.parents) > 0) {
+		if ls.keepAfter == nil {
+			ls.keepAfter = make(map[string]int)
+		}
+		ls.keepAfter[target] = len(ls.parents)
+	}
 	ls.marks[target] |= m
 	return nil
+}
+
+// addKeepDirs records the lower directories that survive the layer's own
+// whiteouts and opaque markers. umoci removes what they name except the
+// layer's entries so far and their parents: a lower directory that was such
+// a parent, and that the layer did not replace with its own entry, stays
+// with its metadata, though the rest under it goes.
+func (f *flattener) addKeepDirs(ls *layerState) {
+	kept := func(i int, a string) bool {
+		n, ok := ls.keepAfter[a]
+		return ok && i < n
+	}
+	for i, p := range ls.parents {
+		if ls.marks[p]&(markDir|markNonDir) != 0 {
+			continue
+		}
+		keep := kept(i, ".")
+		for j := strings.LastIndexByte(p, '/'); !keep && j > 0; j = strings.LastIndexByte(p[:j], '/') {
+			keep = kept(i, p[:j])
+		}
+		if keep {
+			if f.keepDirs == nil {
+				f.keepDirs = make(map[string]struct{})
+			}
+			f.keepDirs[p] = struct{}{}
+		}
+	}
+}
+
+// pruneKeepDirs forgets the kept directories that layer ls, below the layer
+// that kept them, replaces or removes: below it, nothing of them was left
+// to keep.
+func (f *flattener) pruneKeepDirs(ls *layerState) {
+	const removes = markNonDir | markWhiteout | markOpaque
+	for p := range f.keepDirs {
+		gone := ls.marks[p]&(markDir|markNonDir|markWhiteout) != 0 || ls.marks["."]&removes != 0
+		for j := strings.LastIndexByte(p, '/'); !gone && j > 0; j = strings.LastIndexByte(p[:j], '/') {
+			gone = ls.marks[p[:j]]&removes != 0
+		}
+		for _, g := range ls.keepGone {
+			if gone {
+				break
+			}
+			gone = p == g || strings.HasPrefix(p, g+"/")
+		}
+		if gone {
+			delete(f.keepDirs, p)
+		}
+	}
 }
 
 // buried reports whether an upper layer hides everything under an ancestor
@@ -752,6 +833,7 @@ func (ls *layerState) markParents(p string) {
 			return // and so are all of its ancestors
 		}
 		ls.marks[a] = m | markParent
+		ls.parents = append(ls.parents, a)
 	}
 }
 

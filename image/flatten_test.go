@@ -1196,6 +1196,48 @@ func TestFlatten(t *testing.T) {
 			linked: [][]string{{"usr/bin/sh", "usr/bin/sh2"}},
 		},
 		{
+			name: "parents that only a shadowed entry created stay",
+			layers: [][]ent{
+				{tSym("c", "x2")},
+				{tReg("c/h", "h")},
+				{tWh("c/h")},
+			},
+			want: map[string]node{"c": nSym("x2"), "x2": nDir()},
+		},
+		{
+			name: "lower directories above a layer's entries survive its later opaque marker",
+			layers: [][]ent{
+				{tDirMode("a", 0o700), tDirMode("a/b", 0o750), tDirMode("a/b/g", 0o700), tReg("a/b/g/q", "q"), tReg("a/b/old", "old")},
+				{tReg("a/b/g/n", "n"), tDirMode("a/b", 0o755), tOpq("a/b")},
+			},
+			want: map[string]node{"a": nDirMode(0o700), "a/b": nDirMode(0o755), "a/b/g": nDirMode(0o700), "a/b/g/n": nFile("n")},
+		},
+		{
+			name: "lower directories above a layer's entries survive its later whiteout",
+			layers: [][]ent{
+				{tDirMode("x", 0o750), tDirMode("x/b", 0o700), tReg("x/b/old", "old"), tReg("x/other", "o")},
+				{tReg("x/b/new", "new"), tWh("x")},
+			},
+			want: map[string]node{"x": nDirMode(0o750), "x/b": nDirMode(0o700), "x/b/new": nFile("new")},
+		},
+		{
+			name: "a whiteout before the layer's entries removes the lower directories",
+			layers: [][]ent{
+				{tDirMode("x", 0o750), tDirMode("x/b", 0o700), tReg("x/b/old", "old")},
+				{tWh("x"), tReg("x/b/new", "new")},
+			},
+			want: map[string]node{"x": nImplicit(), "x/b": nImplicit(), "x/b/new": nFile("new")},
+		},
+		{
+			name: "a directory kept by an opaque marker is not kept below a layer that removed it",
+			layers: [][]ent{
+				{tDirMode("a", 0o700), tDirMode("a/b", 0o700), tReg("a/b/bottom", "b")},
+				{tWh("a/b")},
+				{tDir("a"), tReg("a/b/n", "n"), tOpq("a")},
+			},
+			want: map[string]node{"a": nDir(), "a/b": nImplicit(), "a/b/n": nFile("n")},
+		},
+		{
 			name: "symlink loop refused",
 			layers: [][]ent{
 				{tSym("a", "b"), tSym("b", "/a")},
@@ -1906,7 +1948,6 @@ func randomStack(r *rand.Rand, dups bool) [][]ent {
 	var files []string // names that held a file at some point, for hardlink targets
 	for l := range 2 + r.IntN(4) {
 		var es []ent
-		through := false          // an entry names its parents through what is there
 		used := map[string]byte{} // name -> 'd' for directories
 		underNonDir := func(p string) bool {
 			for d := path.Dir(p); d != "."; d = path.Dir(d) {
@@ -1926,8 +1967,7 @@ func randomStack(r *rand.Rand, dups bool) [][]ent {
 		}
 		addParents := func(p string) bool {
 			if r.IntN(3) == 0 && !underFile(p) {
-				through = true
-				return true
+				return true // through what is there
 			}
 			if underNonDir(p) {
 				return false
@@ -1995,24 +2035,6 @@ func randomStack(r *rand.Rand, dups bool) [][]ent {
 					es = append(es, tOpq(d))
 				}
 			}
-		}
-		if through {
-			// A whiteout or opaque marker after entries under its target
-			// keeps the lower directories above them, with their metadata
-			// (umoci's upper paths); flatten keeps them only as implicit
-			// directories of mode 0755, a known gap. So layers with
-			// undeclared parents put whiteouts first, as docker build does.
-			slices.SortStableFunc(es, func(a, b ent) int {
-				wa := strings.HasPrefix(path.Base(a.hdr.Name), whiteoutPrefix)
-				wb := strings.HasPrefix(path.Base(b.hdr.Name), whiteoutPrefix)
-				switch {
-				case wa && !wb:
-					return -1
-				case wb && !wa:
-					return 1
-				}
-				return 0
-			})
 		}
 		layers = append(layers, es)
 	}
