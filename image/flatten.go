@@ -156,16 +156,18 @@ type inode struct {
 	// a placeholder: a hardlink whose target is in a lower layer not read yet.
 	hdr *tar.Header
 	// out is the output name that holds the content once written; links
-	// point there. extra are further names written for this inode, kept so
-	// out can move if a duplicate entry later replaces it.
-	out   string
-	extra nameList
+	// point there.
+	out string
+	// names are, for an inode with content, the further names written for
+	// it, kept so out can move if a duplicate entry later replaces it; for a
+	// placeholder, the visible names waiting for it to resolve. An inode
+	// never stops being a placeholder: the entry that resolves one starts an
+	// inode of its own.
+	names nameList
 	// spoolOff locates the content in the layer's spool file when the
 	// content entry was shadowed and nothing visible needed it yet.
 	spoolOff int64
 	spooled  bool
-	// members are visible names waiting for a placeholder to resolve.
-	members nameList
 	// layer, name and target identify the first link of a placeholder, for
 	// the error if its target never shows up.
 	layer        int
@@ -210,6 +212,8 @@ type layerState struct {
 	// under them, each with len(parents) at the time (see addKeepDirs).
 	parents   []string
 	keepAfter map[string]int
+	// declaredDir is the last directory that declared found declared.
+	declaredDir string
 	// keepGone are names that buried whiteouts and non-directories of this
 	// layer remove, which its marks leave out: kept directories at or
 	// under them go too.
@@ -234,17 +238,17 @@ func (ls *layerState) unhold(name string) {
 func (ls *layerState) release(ino *inode, names []string) {
 	if ino.hdr == nil {
 		for _, n := range names {
-			ino.members.remove(n)
+			ino.names.remove(n)
 		}
 		return
 	}
 	for _, n := range names {
-		ino.extra.remove(n)
+		ino.names.remove(n)
 	}
 	if ino.out == "" || !slices.Contains(names, ino.out) {
 		return
 	}
-	ino.out = ino.extra.popFirst()
+	ino.out = ino.names.popFirst()
 	if !ino.held() || ino.out == "" {
 		// A written file stays in the output until the replacing entry
 		// follows it, and links written before then keep its content.
@@ -253,7 +257,7 @@ func (ls *layerState) release(ino *inode, names []string) {
 	// Held names are not written yet: turn the first link into the content
 	// and point the others at it.
 	ls.held[ls.heldAt[ino.out]] = outHeader(ino.hdr, ino.out)
-	for _, e := range ino.extra.names() {
+	for _, e := range ino.names.names() {
 		ls.held[ls.heldAt[e]].Linkname = ino.out
 	}
 }
@@ -440,13 +444,13 @@ func (f *flattener) commit(ls *layerState) error {
 		f.upper[p] |= m.shadow()
 	}
 	for target, ph := range ls.placeholders {
-		if ph.members.empty() {
+		if ph.names.empty() {
 			continue // only shadowed links: nobody needs the content
 		}
 		// An older placeholder for the same target resolves at the same
 		// lower entry, since this layer had no entry at that path.
 		if old, ok := f.waiting[target]; ok {
-			old.members.add(ph.members.names()...)
+			old.names.add(ph.names.names()...)
 		} else {
 			f.waiting[target] = ph
 		}
@@ -603,13 +607,16 @@ func (f *flattener) entry(ctx context.Context, ls *layerState, idx int, tr *tar.
 	}
 	if ph, ok := f.waiting[name]; ok {
 		delete(f.waiting, name)
-		attached = append(attached, ph.members.names()...)
+		attached = append(attached, ph.names.names()...)
 	}
 	le := &layerEntry{ino: ino, attached: attached}
 	if isDir {
 		le.closed = ls.declared(name)
 	}
 	ls.entries[name] = le
+	if name == ls.declaredDir {
+		ls.declaredDir = ""
+	}
 
 	if isDir {
 		// Hardlinks to a directory fail at the end of the layer unless a
@@ -626,7 +633,7 @@ func (f *flattener) entry(ctx context.Context, ls *layerState, idx int, tr *tar.
 		members = append([]string{name}, attached...)
 	}
 	if ino.hdr == nil {
-		ino.members.add(members...)
+		ino.names.add(members...)
 		return nil
 	}
 	var content io.Reader
@@ -873,7 +880,7 @@ func (f *flattener) emit(ls *layerState, ino *inode, names []string, content io.
 			} else if err := f.write(h, nil); err != nil {
 				return err
 			}
-			ino.extra.add(n)
+			ino.names.add(n)
 		}
 	}
 	return nil

@@ -421,8 +421,18 @@ func (ls *layerState) declared(name string) bool {
 	if dir == "." {
 		return true
 	}
+	// Entries come grouped by directory: asking for the last answer's
+	// directory again saves a lookup per entry. entry forgets the answer
+	// when it records a new entry of that name.
+	if dir == ls.declaredDir {
+		return true
+	}
 	e, ok := ls.entries[dir]
-	return ok && e.ino == nil && e.closed
+	if ok && e.ino == nil && e.closed {
+		ls.declaredDir = dir
+		return true
+	}
+	return false
 }
 
 // checkName refuses a name that no Linux filesystem can hold, which tar -x
@@ -431,10 +441,17 @@ func checkName(name string) error {
 	if len(name) >= maxPathLen {
 		return fmt.Errorf("name is %d bytes, over Linux's limit of %d (PATH_MAX); the image cannot be unpacked on Linux", len(name), maxPathLen-1)
 	}
-	for c := range strings.SplitSeq(name, "/") {
-		if len(c) > maxNameLen {
+	if len(name) <= maxNameLen {
+		return nil // nor can any component be longer
+	}
+	for start, i := 0, 0; i <= len(name); i++ {
+		if i < len(name) && name[i] != '/' {
+			continue
+		}
+		if c := name[start:i]; len(c) > maxNameLen {
 			return fmt.Errorf("component %q is %d bytes, over Linux's limit of %d (NAME_MAX); the image cannot be unpacked on Linux", shorten(c), len(c), maxNameLen)
 		}
+		start = i + 1
 	}
 	return nil
 }

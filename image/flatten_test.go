@@ -1899,6 +1899,17 @@ func BenchmarkFlatten(b *testing.B) {
 			}
 		}
 	})
+	// The same stack under a layer that names a parent it does not declare,
+	// as image tools write them: the lower layers are scanned once more.
+	resolving := append(slices.Clone(layers), memLayer(tarBytes(b, []ent{tReg("data/extra/hello", "hi")})))
+	b.Run("flatten-resolving", func(b *testing.B) {
+		b.SetBytes(total)
+		for b.Loop() {
+			if err := flatten(context.Background(), io.Discard, resolving, spool); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("reference-copy", func(b *testing.B) {
 		b.SetBytes(total)
 		for b.Loop() {
