@@ -63,6 +63,9 @@ type flattenLayer struct {
 	// open returns the layer's uncompressed tar stream. The caller's reader verifies the
 	// layer's diff ID and returns an error from Read at EOF on mismatch; flatten must read
 	// each stream to io.EOF (drain the tail after the tar end marker: io.Copy(io.Discard, r)) and propagate errors.
+	// open may be called a second time, to scan the layer's names before it
+	// is read (see flatten_resolve.go); that scan closes its stream early,
+	// and always before the layer is opened again.
 	open func() (io.ReadCloser, error)
 }
 
