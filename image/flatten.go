@@ -508,6 +508,9 @@ func (f *flattener) entry(ctx context.Context, ls *layerState, idx int, tr *tar.
 			return errors.New("hardlink to the root directory")
 		}
 	}
+	if err := checkSymlink(hdr); err != nil {
+		return err
+	}
 	if name, linkTarget, err = f.resolveEntry(ctx, ls, idx, hdr, name, linkTarget); err != nil {
 		return err
 	}

@@ -122,6 +122,11 @@ func (s *simTree) resolve(p string) (string, error) {
 			case t != "":
 				rest = t + "/" + rest
 			}
+			if len(rest) >= maxPathLen {
+				// Symlinks that keep adding components would otherwise
+				// cost a copy of the growing path per link followed.
+				return "", fmt.Errorf("resolving %q: symlinks expand it past Linux's limit of %d bytes (PATH_MAX)", p, maxPathLen-1)
+			}
 			continue
 		}
 		names, nodes = append(names, c), append(nodes, n)
@@ -320,6 +325,9 @@ func (s *simTree) scanEntry(hdr *tar.Header) (string, string, error) {
 	if err != nil || name == "." {
 		return "", "", nil
 	}
+	if err := checkSymlink(hdr); err != nil {
+		return "", "", err
+	}
 	var link string
 	if hdr.Typeflag == tar.TypeLink {
 		if link, err = cleanName(hdr.Linkname); err != nil || link == "." {
@@ -452,6 +460,15 @@ func checkName(name string) error {
 			return fmt.Errorf("component %q is %d bytes, over Linux's limit of %d (NAME_MAX); the image cannot be unpacked on Linux", shorten(c), len(c), maxNameLen)
 		}
 		start = i + 1
+	}
+	return nil
+}
+
+// checkSymlink refuses a symlink target that symlink(2) would refuse; it
+// also bounds the work of resolving through it.
+func checkSymlink(hdr *tar.Header) error {
+	if hdr.Typeflag == tar.TypeSymlink && len(hdr.Linkname) >= maxPathLen {
+		return fmt.Errorf("symlink target is %d bytes, over Linux's limit of %d (PATH_MAX); the image cannot be unpacked on Linux", len(hdr.Linkname), maxPathLen-1)
 	}
 	return nil
 }

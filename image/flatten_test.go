@@ -1247,6 +1247,15 @@ func TestFlatten(t *testing.T) {
 			umociErr: true,
 		},
 		{
+			name: "symlink that names itself again and again refused",
+			layers: [][]ent{
+				{tSym("a", strings.Repeat("a/", 1000)+"a")},
+				{tReg("a/f", "f")},
+			},
+			wantErr:  `layer 1: entry "a/f": resolving "a": symlinks expand it past Linux's limit of 4095 bytes (PATH_MAX)`,
+			umociErr: true,
+		},
+		{
 			name: "parent resolving to a file refused",
 			layers: [][]ent{
 				{tReg("file", "f"), tSym("x", "file")},
@@ -1259,6 +1268,15 @@ func TestFlatten(t *testing.T) {
 			name:     "component longer than NAME_MAX refused",
 			layers:   [][]ent{{tReg("ok", "ok")}, {tReg("d/"+strings.Repeat("n", 256), "x")}},
 			wantErr:  `layer 1: entry "d/nnnn`,
+			umociErr: true,
+		},
+		{
+			name: "symlink target longer than PATH_MAX refused, in a scanned lower layer too",
+			layers: [][]ent{
+				{tSym("far", strings.Repeat("../", 1400)+"x")},
+				{tReg("d/f", "f")},
+			},
+			wantErr:  `layer 0: entry "far": symlink target is 4201 bytes, over Linux's limit of 4095 (PATH_MAX)`,
 			umociErr: true,
 		},
 		{
