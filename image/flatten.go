@@ -349,6 +349,9 @@ type flattener struct {
 	// keepDirs are lower directories that upper whiteouts or opaque
 	// markers hide the contents of but not the directory (addKeepDirs).
 	keepDirs map[string]struct{}
+	// keepUnder counts the kept directories at or under each path, so that
+	// a buried entry tells in one lookup whether it removes one.
+	keepUnder map[string]int
 	// implicit are directories that exist only as parents of shadowed
 	// entries, with the mtime to write them with (see needParents).
 	implicit map[string]time.Time
@@ -542,7 +545,7 @@ func (f *flattener) entry(ctx context.Context, ls *layerState, idx int, tr *tar.
 	if buried && len(f.keepDirs) > 0 {
 		if _, keep := f.keepDirs[name]; keep && isDir {
 			buried = false
-		} else if !isDir {
+		} else if !isDir && f.keepUnder[name] > 0 {
 			ls.keepGone = append(ls.keepGone, name)
 		}
 	}
@@ -751,7 +754,7 @@ func (f *flattener) whiteout(ls *layerState, dir, base string) error {
 		target, m = path.Join(dir, n), markWhiteout
 	}
 	if f.buried(target) {
-		if len(f.keepDirs) > 0 {
+		if f.keepUnder[target] > 0 {
 			ls.keepGone = append(ls.keepGone, target)
 		}
 		return nil
@@ -793,10 +796,7 @@ func (f *flattener) addKeepDirs(ls *layerState) {
 			keep = kept(i, p[:j])
 		}
 		if keep {
-			if f.keepDirs == nil {
-				f.keepDirs = make(map[string]struct{})
-			}
-			f.keepDirs[p] = struct{}{}
+			f.keep(p)
 		}
 	}
 }
@@ -818,7 +818,29 @@ func (f *flattener) pruneKeepDirs(ls *layerState) {
 			gone = p == g || strings.HasPrefix(p, g+"/")
 		}
 		if gone {
-			delete(f.keepDirs, p)
+			f.unkeep(p)
+		}
+	}
+}
+
+func (f *flattener) keep(p string) {
+	if _, ok := f.keepDirs[p]; ok {
+		return
+	}
+	if f.keepDirs == nil {
+		f.keepDirs, f.keepUnder = make(map[string]struct{}), make(map[string]int)
+	}
+	f.keepDirs[p] = struct{}{}
+	for a := p; a != "."; a = path.Dir(a) {
+		f.keepUnder[a]++
+	}
+}
+
+func (f *flattener) unkeep(p string) {
+	delete(f.keepDirs, p)
+	for a := p; a != "."; a = path.Dir(a) {
+		if f.keepUnder[a]--; f.keepUnder[a] == 0 {
+			delete(f.keepUnder, a)
 		}
 	}
 }
