@@ -59,6 +59,10 @@ type simNode struct {
 	layer  int
 	target string // of a symlink, verbatim
 	kids   map[string]*simNode
+	// pruned is 1 + the layer whose whiteout or opaque marker last pruned
+	// the subtree: nothing lower can appear under it again in that layer,
+	// so another one there need not walk it.
+	pruned int
 }
 
 // simTree is the tree of names that unpacking the layers bottom-up makes,
@@ -184,10 +188,13 @@ func (s *simTree) mkdirAll(p string) (*simNode, error) {
 // keep removes from n's subtree what lower layers made, keeping what the
 // layer being applied added, and says whether n itself stays.
 func (s *simTree) keep(n *simNode) bool {
-	for c, kid := range n.kids {
-		if !s.keep(kid) {
-			delete(n.kids, c)
+	if n.pruned != s.layer+1 {
+		for c, kid := range n.kids {
+			if !s.keep(kid) {
+				delete(n.kids, c)
+			}
 		}
+		n.pruned = s.layer + 1
 	}
 	return n.layer == s.layer || len(n.kids) > 0
 }
