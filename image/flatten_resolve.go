@@ -113,7 +113,7 @@ func (s *simTree) resolve(p string) (string, error) {
 		}
 		if n != nil && n.kind == simSym {
 			if follows++; follows > maxSymlinkFollows {
-				return "", fmt.Errorf("resolving %q: %w (a symlink loop)", p, errSymlinkLoop)
+				return "", fmt.Errorf("resolving %q: %w: the image's symlinks form a loop, and it cannot be unpacked", p, errSymlinkLoop)
 			}
 			t := n.target
 			if strings.HasPrefix(t, "/") {
@@ -178,7 +178,7 @@ func (s *simTree) mkdirAll(p string) (*simNode, error) {
 			}
 			n.kids[c] = kid
 		case kid.kind != simDir:
-			return nil, fmt.Errorf("parent %q is not a directory", p[:i+j])
+			return nil, fmt.Errorf("parent %q is not a directory, so the image cannot be unpacked", p[:i+j])
 		}
 		n, i = kid, i+j+1
 	}
@@ -415,7 +415,7 @@ func (f *flattener) startResolving(ctx context.Context, ls *layerState) error {
 	for j := range ls.idx {
 		rw, err := s.scanLayer(ctx, j, f.layers[j])
 		if err != nil {
-			return err
+			return fmt.Errorf("scanning the layers below to resolve its parents: %w", err)
 		}
 		rewrites[j] = rw
 	}
