@@ -2170,6 +2170,44 @@ func TestFlattenResolvingStaysLinear(t *testing.T) {
 	}
 }
 
+// TestFlattenMemoryIndependentOfContent flattens the same names with small
+// and large contents, through a top layer that makes flatten resolve its
+// parents: what flatten allocates must not grow with the bytes it copies.
+func TestFlattenMemoryIndependentOfContent(t *testing.T) {
+	stack := func(size int) []flattenLayer {
+		body := strings.Repeat("x", size)
+		var layers [][]ent
+		for l := range 3 {
+			es := []ent{tDir("usr"), tDir("usr/bin"), tSym("bin", "usr/bin")}
+			for i := range 8 {
+				es = append(es, tReg(fmt.Sprintf("usr/bin/f%d", i), body), tReg(fmt.Sprintf("usr/bin/l%d-%d", l, i), body))
+			}
+			layers = append(layers, es)
+		}
+		// Shadows the lower copies, which are then spooled, and names its
+		// parent through the symlink.
+		layers = append(layers, []ent{tReg("bin/f0", "top"), tLink("bin/f1", "bin/f0")})
+		return memLayers(t, layers)
+	}
+	allocated := func(layers []flattenLayer) uint64 {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		if err := flatten(t.Context(), io.Discard, layers, t.TempDir()); err != nil {
+			t.Fatalf("flatten: got error %v, want nil", err)
+		}
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	small, large := stack(1<<10), stack(4<<20)
+	allocated(small) // warm up lazily allocated runtime state
+	s, l := allocated(small), allocated(large)
+	t.Logf("allocated: %d bytes for 1 KiB files, %d for 4 MiB files", s, l)
+	if l > s+1<<20 {
+		t.Errorf("allocated: got %d bytes for 4 MiB files and %d for 1 KiB files, want no more than 1 MiB apart", l, s)
+	}
+}
+
 // BenchmarkFlattenDuplicateHardlinks re-points n hard links within one
 // layer: every link name appears twice, first linking t and then t2, so each
 // second entry detaches a name from t's inode.
