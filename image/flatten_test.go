@@ -1055,6 +1055,17 @@ func TestFlatten(t *testing.T) {
 			},
 		},
 		{
+			name: "merged usr: lib multiarch directory through an absolute symlink",
+			layers: [][]ent{
+				{tDir("usr"), tDir("usr/lib"), tDir("usr/lib/x86_64-linux-gnu"), tReg("usr/lib/x86_64-linux-gnu/libc.so.6", "libc"), tSym("lib", "/usr/lib")},
+				{tReg("lib/x86_64-linux-gnu/libfoo.so.1", "foo"), tWh("lib/x86_64-linux-gnu/libc.so.6"), tReg("lib/x86_64-linux-gnu/libc.so.7", "libc7")},
+			},
+			want: map[string]node{
+				"lib": nSym("/usr/lib"), "usr": nDir(), "usr/lib": nDir(), "usr/lib/x86_64-linux-gnu": nDir(),
+				"usr/lib/x86_64-linux-gnu/libfoo.so.1": nFile("foo"), "usr/lib/x86_64-linux-gnu/libc.so.7": nFile("libc7"),
+			},
+		},
+		{
 			name: "merged usr: upper entry through the symlink replaces the lower file",
 			layers: [][]ent{
 				{tDir("usr"), tDir("usr/bin"), tReg("usr/bin/sh", "old sh"), tSym("bin", "usr/bin"), tReg("bin/ls", "ls")},
