@@ -59,6 +59,10 @@ type simNode struct {
 	layer  int
 	target string // of a symlink, verbatim
 	kids   map[string]*simNode
+	// pruned is 1 + the layer whose whiteout or opaque marker last pruned
+	// the subtree: nothing lower can appear under it again in that layer,
+	// so another one there need not walk it.
+	pruned int
 }
 
 // simTree is the tree of names that unpacking the layers bottom-up makes,
@@ -109,7 +113,7 @@ func (s *simTree) resolve(p string) (string, error) {
 		}
 		if n != nil && n.kind == simSym {
 			if follows++; follows > maxSymlinkFollows {
-				return "", fmt.Errorf("resolving %q: %w (a symlink loop)", p, errSymlinkLoop)
+				return "", fmt.Errorf("resolving %q: %w: the image's symlinks form a loop, and it cannot be unpacked", p, errSymlinkLoop)
 			}
 			t := n.target
 			if strings.HasPrefix(t, "/") {
@@ -121,6 +125,11 @@ func (s *simTree) resolve(p string) (string, error) {
 				rest = t
 			case t != "":
 				rest = t + "/" + rest
+			}
+			if len(rest) >= maxPathLen {
+				// Symlinks that keep adding components would otherwise
+				// cost a copy of the growing path per link followed.
+				return "", fmt.Errorf("resolving %q: symlinks expand it past Linux's limit of %d bytes (PATH_MAX)", p, maxPathLen-1)
 			}
 			continue
 		}
@@ -169,7 +178,7 @@ func (s *simTree) mkdirAll(p string) (*simNode, error) {
 			}
 			n.kids[c] = kid
 		case kid.kind != simDir:
-			return nil, fmt.Errorf("parent %q is not a directory", p[:i+j])
+			return nil, fmt.Errorf("parent %q is not a directory, so the image cannot be unpacked", p[:i+j])
 		}
 		n, i = kid, i+j+1
 	}
@@ -179,10 +188,13 @@ func (s *simTree) mkdirAll(p string) (*simNode, error) {
 // keep removes from n's subtree what lower layers made, keeping what the
 // layer being applied added, and says whether n itself stays.
 func (s *simTree) keep(n *simNode) bool {
-	for c, kid := range n.kids {
-		if !s.keep(kid) {
-			delete(n.kids, c)
+	if n.pruned != s.layer+1 {
+		for c, kid := range n.kids {
+			if !s.keep(kid) {
+				delete(n.kids, c)
+			}
 		}
+		n.pruned = s.layer + 1
 	}
 	return n.layer == s.layer || len(n.kids) > 0
 }
@@ -320,6 +332,9 @@ func (s *simTree) scanEntry(hdr *tar.Header) (string, string, error) {
 	if err != nil || name == "." {
 		return "", "", nil
 	}
+	if err := checkSymlink(hdr); err != nil {
+		return "", "", err
+	}
 	var link string
 	if hdr.Typeflag == tar.TypeLink {
 		if link, err = cleanName(hdr.Linkname); err != nil || link == "." {
@@ -400,7 +415,7 @@ func (f *flattener) startResolving(ctx context.Context, ls *layerState) error {
 	for j := range ls.idx {
 		rw, err := s.scanLayer(ctx, j, f.layers[j])
 		if err != nil {
-			return err
+			return fmt.Errorf("scanning the layers below to resolve its parents: %w", err)
 		}
 		rewrites[j] = rw
 	}
@@ -421,8 +436,18 @@ func (ls *layerState) declared(name string) bool {
 	if dir == "." {
 		return true
 	}
+	// Entries come grouped by directory: asking for the last answer's
+	// directory again saves a lookup per entry. entry forgets the answer
+	// when it records a new entry of that name.
+	if dir == ls.declaredDir {
+		return true
+	}
 	e, ok := ls.entries[dir]
-	return ok && e.ino == nil && e.closed
+	if ok && e.ino == nil && e.closed {
+		ls.declaredDir = dir
+		return true
+	}
+	return false
 }
 
 // checkName refuses a name that no Linux filesystem can hold, which tar -x
@@ -431,10 +456,26 @@ func checkName(name string) error {
 	if len(name) >= maxPathLen {
 		return fmt.Errorf("name is %d bytes, over Linux's limit of %d (PATH_MAX); the image cannot be unpacked on Linux", len(name), maxPathLen-1)
 	}
-	for c := range strings.SplitSeq(name, "/") {
-		if len(c) > maxNameLen {
+	if len(name) <= maxNameLen {
+		return nil // nor can any component be longer
+	}
+	for start, i := 0, 0; i <= len(name); i++ {
+		if i < len(name) && name[i] != '/' {
+			continue
+		}
+		if c := name[start:i]; len(c) > maxNameLen {
 			return fmt.Errorf("component %q is %d bytes, over Linux's limit of %d (NAME_MAX); the image cannot be unpacked on Linux", shorten(c), len(c), maxNameLen)
 		}
+		start = i + 1
+	}
+	return nil
+}
+
+// checkSymlink refuses a symlink target that symlink(2) would refuse; it
+// also bounds the work of resolving through it.
+func checkSymlink(hdr *tar.Header) error {
+	if hdr.Typeflag == tar.TypeSymlink && len(hdr.Linkname) >= maxPathLen {
+		return fmt.Errorf("symlink target is %d bytes, over Linux's limit of %d (PATH_MAX); the image cannot be unpacked on Linux", len(hdr.Linkname), maxPathLen-1)
 	}
 	return nil
 }
