@@ -2279,12 +2279,12 @@ func TestFlattenResolvesThroughPullReaders(t *testing.T) {
 		files = append(files, f)
 	}
 	opens := make([]int, len(files))
-	layer := func(_ context.Context, i int) (*os.File, error) {
+	layer := func(_ context.Context, i int) (*os.File, func(), error) {
 		opens[i]++
 		if _, err := files[i].Seek(0, io.SeekStart); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return files[i], nil
+		return files[i], func() {}, nil
 	}
 	if err := writeRootfs(t.Context(), dir, layer, diffIDs); err != nil {
 		t.Fatalf("writeRootfs: got error %v, want nil", err)

@@ -3,6 +3,7 @@ package image
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -1129,4 +1130,39 @@ func hangManifests(h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// TestPullResolvesThroughManyLayers pulls a merged-/usr image whose top
+// layer adds bin/hello without declaring bin, so the flattener reads the
+// layers below once more, bottom first, while fetches go top first. With
+// more layers than the blobs kept open (2×Jobs) and from every source, the
+// pull must neither hang nor find a blob already closed, and /bin stays a
+// symlink (issue 12).
+func TestPullResolvesThroughManyLayers(t *testing.T) {
+	for _, kind := range []string{"registry", "oci", "docker-archive"} {
+		t.Run(kind, func(t *testing.T) {
+			layers := []v1.Layer{gzipLayer(t, tDir("usr"), tDir("usr/bin"), tReg("usr/bin/sh", "sh\n"), tSym("bin", "usr/bin"))}
+			for i := range 8 {
+				layers = append(layers, gzipLayer(t, tReg(fmt.Sprintf("f%d", i), "x\n")))
+			}
+			layers = append(layers, gzipLayer(t, tReg("bin/hello", "hello\n")))
+			ref := publish(t, kind, testImage(t, linuxAMD64, layers...))
+			e := newTestEnv(t)
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			img, err := Pull(ctx, e.cache, e.store, ref, PullOptions{Jobs: 1})
+			if err != nil {
+				t.Fatalf("Pull(%s, Jobs 1) error = %v", ref, err)
+			}
+			files := rootfsFiles(t, img)
+			for name, want := range map[string]string{"usr/bin/sh": "sh\n", "usr/bin/hello": "hello\n"} {
+				if files[name] != want {
+					t.Errorf("rootfs %s = %q, want %q; files: %v", name, files[name], want, files)
+				}
+			}
+			if _, ok := files["bin/hello"]; ok {
+				t.Errorf("rootfs has bin/hello as a file under a directory bin, want bin -> usr/bin")
+			}
+		})
+	}
 }
