@@ -839,7 +839,7 @@ func (s *Store) Remove(ctx context.Context, force bool, args ...string) ([]Remov
 		case m == 0:
 			missing = append(missing, a)
 		case m == MatchID && !force && len(idx.namesOf(id)) > 1:
-			errs = append(errs, fmt.Errorf("image %s: %w: %s; remove them by name, or use --force to remove the image with all of them", ShortID(id), ErrHasNames, quoteAll(idx.namesOf(id))))
+			errs = append(errs, fmt.Errorf("image %s: %w: %s", ShortID(id), ErrHasNames, quoteAll(idx.namesOf(id))))
 		default:
 			targets = append(targets, target{a, name, id})
 		}

@@ -202,7 +202,7 @@ func planPrune(images []ImageUsage, p PrunePolicy, now time.Time) (keep, remove 
 func (s *Store) Prune(ctx context.Context, p PrunePolicy, dryRun bool) (PruneReport, error) {
 	var rep PruneReport
 	if p.empty() {
-		return rep, fmt.Errorf("%w: with no --older-than, --max-size or --all it would remove nothing", ErrNoPruneFilter)
+		return rep, fmt.Errorf("%w: flattened images are not re-pull avoidance, so removing them all must be asked for", ErrNoPruneFilter)
 	}
 	if err := s.migrateIfNeeded(ctx); err != nil {
 		return rep, err
