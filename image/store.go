@@ -794,8 +794,11 @@ func looksLikeID(s string) bool {
 
 // Removed is what Remove did for one argument.
 type Removed struct {
-	ID    string   `json:"id"`
-	Names []string `json:"names"` // the names removed
+	ID string `json:"id"`
+	// Name is the first name removed, as rm --json printed before images
+	// had several names; Names lists them all.
+	Name  string   `json:"name"`
+	Names []string `json:"names"`
 	// ImageRemoved is set when the image itself went (its last name was
 	// removed, or it was named by ID); otherwise it keeps Kept.
 	ImageRemoved bool     `json:"image_removed"`
@@ -861,6 +864,9 @@ func (s *Store) Remove(ctx context.Context, force bool, args ...string) ([]Remov
 			for _, n := range r.Names {
 				delete(idx.Names, n)
 			}
+		}
+		if len(r.Names) > 0 {
+			r.Name = r.Names[0]
 		}
 		r.Kept = idx.namesOf(t.id)
 		r.ImageRemoved = len(r.Kept) == 0
