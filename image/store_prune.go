@@ -216,6 +216,7 @@ func (s *Store) Prune(ctx context.Context, p PrunePolicy, dryRun bool) (PruneRep
 		return rep, err
 	}
 	keep, remove := planPrune(s.usage(idx), p, now)
+	s.crashPoint("prune-plan")
 	for _, u := range keep {
 		rep.Kept.add(u.Size)
 	}
