@@ -1,8 +1,8 @@
 package image
 
 import (
-	"fmt"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -116,7 +116,7 @@ func TestStoreRemoveByID(t *testing.T) {
 			img := addImage(t, s, "b:1", "x", t0)
 			// c:1's body is chosen so that its ID begins as img's does.
 			body := "y"
-			for i := 0; sha256Hex([]byte("config:"+body))[0] != img.ID[0]; i++ {
+			for i := 0; sha256Hex([]byte("config:" + body))[0] != img.ID[0]; i++ {
 				body = fmt.Sprintf("y%d", i)
 			}
 			addImage(t, s, "c:1", body, t0)
