@@ -331,12 +331,60 @@ func printTemplate(w io.Writer, tmpl *template.Template, v any) error {
 
 func envCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "env",
-		Usage:     "print the resolved paths, like `go env`",
-		UsageText: "banger env [--json]\n\nExample:\n   banger env\n   BANGER_CACHE_DIR=/tmp/c banger env --json",
-		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag()}),
-		Action: withLayout(0, 0, "no arguments", func(c *cli.Context, l layout.Layout) error {
+		Name:  "env",
+		Usage: "print the resolved paths, like `go env`",
+		UsageText: `banger env [--json] [NAME...]
+
+With NAMEs, prints just those values, one a line (with --json, an object of
+them). BANGER_CACHE_DIR and BANGER_DATA_DIR are environment variables banger
+reads; the others are derived from them and are not read from the
+environment.
+
+Example:
+   banger env
+   banger env BANGER_LOCK_FILE
+   BANGER_CACHE_DIR=/tmp/c banger env --json`,
+		Flags: withFlags(pathFlags(), []cli.Flag{jsonFlag()}),
+		Action: withLayout(0, -1, "only variable NAMEs", func(c *cli.Context, l layout.Layout) error {
 			p := openCache(c, l).Paths()
+			vars := []struct {
+				name, value string
+				settable    bool
+			}{
+				{"BANGER_CACHE_DIR", l.CacheRoot, true},
+				{"BANGER_DATA_DIR", l.DataRoot, true},
+				{"BANGER_OCI_DIR", p.Dir, false},
+				{"BANGER_BLOBS_DIR", p.Blobs, false},
+				{"BANGER_TMP_DIR", p.Tmp, false},
+				{"BANGER_LOCK_FILE", p.Lock, false},
+				{"BANGER_GATE_FILE", p.Gate, false},
+				{"BANGER_IMAGES_DIR", l.ImagesDir, false},
+			}
+			if c.Args().Present() {
+				values := map[string]string{}
+				var known []string
+				for _, v := range vars {
+					values[v.name] = v.value
+					known = append(known, v.name)
+				}
+				// Every name is checked before anything is printed.
+				for _, name := range c.Args().Slice() {
+					if _, ok := values[name]; !ok {
+						return usageErr{fmt.Errorf("unknown variable %q; banger env knows %s", name, strings.Join(known, ", "))}
+					}
+				}
+				if c.Bool("json") {
+					picked := map[string]string{}
+					for _, name := range c.Args().Slice() {
+						picked[name] = values[name]
+					}
+					return printJSON(c.App.Writer, picked)
+				}
+				for _, name := range c.Args().Slice() {
+					fmt.Fprintln(c.App.Writer, values[name])
+				}
+				return nil
+			}
 			if c.Bool("json") {
 				return printJSON(c.App.Writer, struct {
 					CacheRoot string `json:"cache_root"`
@@ -349,17 +397,11 @@ func envCommand() *cli.Command {
 					ImagesDir string `json:"images_dir"`
 				}{l.CacheRoot, p.Dir, p.Blobs, p.Tmp, p.Lock, p.Gate, l.DataRoot, l.ImagesDir})
 			}
-			for _, kv := range [][2]string{
-				{"BANGER_CACHE_DIR", l.CacheRoot},
-				{"BANGER_OCI_DIR", p.Dir},
-				{"BANGER_BLOBS_DIR", p.Blobs},
-				{"BANGER_TMP_DIR", p.Tmp},
-				{"BANGER_LOCK_FILE", p.Lock},
-				{"BANGER_GATE_FILE", p.Gate},
-				{"BANGER_DATA_DIR", l.DataRoot},
-				{"BANGER_IMAGES_DIR", l.ImagesDir},
-			} {
-				fmt.Fprintf(c.App.Writer, "%s='%s'\n", kv[0], strings.ReplaceAll(kv[1], "'", `'\''`))
+			for i, v := range vars {
+				if i > 0 && !v.settable && vars[i-1].settable {
+					fmt.Fprintln(c.App.Writer, "# derived from the above; not read from the environment")
+				}
+				fmt.Fprintf(c.App.Writer, "%s='%s'\n", v.name, strings.ReplaceAll(v.value, "'", `'\''`))
 			}
 			return nil
 		}),
@@ -408,9 +450,14 @@ Example:
 				Jobs:     c.Int("jobs"),
 			}
 			var bar *progressLine
-			if !c.Bool("quiet") && isTerminal(c.App.ErrWriter) {
+			switch {
+			case c.Bool("quiet"):
+			case isTerminal(c.App.ErrWriter):
 				bar = newProgressLine(c.App.ErrWriter, c.Args().First())
 				opts.Progress = bar.update
+			default:
+				// A CI log has no terminal to redraw: one line per layer.
+				opts.LayerDone = layerLogger(c.App.ErrWriter)
 			}
 			ctx := c.Context
 			if d := c.Duration("timeout"); d > 0 {
@@ -676,7 +723,7 @@ func pruneCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "prune",
 		Usage: "empty the blob cache, or evict blobs by age and size (flattened images are not affected)",
-		UsageText: `banger image cache prune [--dry-run] [--older-than DURATION] [--max-size SIZE] [--json]
+		UsageText: `banger image cache prune [--dry-run] [--older-than DURATION] [--max-size SIZE] [-q] [--json]
 
 Without filters, renames the cache aside under an exclusive lock held for
 milliseconds, recreates it empty, then deletes the aside. Pulls already
@@ -688,7 +735,8 @@ goes if either filter says so), least recently used first, re-checking each
 blob before removing it; blobs in use stay readable by the pulls using them.
 Abandoned temp files and leftovers of interrupted prunes always go.
 
---dry-run plans exactly as the real run does and changes nothing.
+--dry-run plans exactly as the real run does and changes nothing. -q prints
+nothing on success, for cron jobs that mail only failures.
 
 Example:
    banger image cache prune --dry-run
@@ -697,6 +745,7 @@ Example:
 			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "only report what would be freed"},
 			&cli.StringFlag{Name: "older-than", Usage: "remove blobs not used within `DURATION` (Go duration or days: 36h, 7d)"},
 			&cli.StringFlag{Name: "max-size", Usage: "remove least recently used blobs until the cache holds at most `SIZE` (20GiB, 500MB)"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print nothing on stdout (errors still go to stderr); --json still prints its document"},
 			jsonFlag(),
 		}),
 		Action: func(c *cli.Context) error {
@@ -733,7 +782,7 @@ Example:
 				if jerr := printJSON(c.App.Writer, out); jerr != nil {
 					return jerr
 				}
-			} else {
+			} else if !c.Bool("quiet") {
 				verb := "freed"
 				if dryRun {
 					verb = "would free"
@@ -785,6 +834,25 @@ func parseAge(s string) (time.Duration, error) {
 		return 0, usageErr{fmt.Errorf("invalid --older-than %q: want a positive duration such as 36h or 7d", s)}
 	}
 	return d, nil
+}
+
+// layerLogger prints one line per verified layer blob, for a log:
+// "fetched sha256:0123456789ab… 52 MiB" or "cached sha256:… 52 MiB".
+func layerLogger(w io.Writer) func(image.LayerDone) {
+	var mu sync.Mutex
+	return func(l image.LayerDone) {
+		verb := "fetched"
+		if l.Cached {
+			verb = "cached"
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		digest := l.Digest
+		if len(digest) > len("sha256:")+12 {
+			digest = digest[:len("sha256:")+12] + "…"
+		}
+		fmt.Fprintf(w, "%s %s %s\n", verb, digest, humanize.IBytes(uint64(l.Size)))
+	}
 }
 
 // progressLine redraws one stderr line with the pull's phase, the bytes

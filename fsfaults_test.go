@@ -93,25 +93,27 @@ func TestFilesystemFaults(t *testing.T) {
 	}
 }
 
-// TestPermissions: with umask 022, banger creates directories 0755 and
-// files 0644, the lock file included, so an unprivileged user can run
-// `banger image cache du` on a system cache.
+// TestPermissions: even with umask 022, what banger stores is private to
+// its owner (issue 11 §1): directories 0700 and files 0600 in the cache,
+// lock files included, as docker's and podman's storage roots are.
 func TestPermissions(t *testing.T) {
 	host := startRegistry(t)
 	e := newBangerEnv(t, host)
+	// The umask is the process's: safe only because neither this test nor
+	// any other in the package calls t.Parallel.
 	old := syscall.Umask(0o022)
 	defer syscall.Umask(old)
 	e.run("image", "pull", "-q", host+"/app:1")
-	for _, root := range []string{e.cache, e.data} {
+	for _, root := range []string{e.cache} {
 		filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 			if err != nil {
 				t.Error(err)
 				return nil
 			}
 			info, _ := d.Info()
-			want := fs.FileMode(0o644)
+			want := fs.FileMode(0o600)
 			if d.IsDir() {
-				want = 0o755
+				want = 0o700
 			}
 			if got := info.Mode().Perm(); got != want {
 				t.Errorf("%s has mode %v, want %v", path, got, want)

@@ -29,6 +29,8 @@ func hint(err error) string {
 		return "move it away or choose another --cache-dir"
 	case errors.Is(err, cache.ErrSymlink):
 		return "point --cache-dir at the real location instead"
+	case errors.Is(err, cache.ErrForeignLock):
+		return "remove that file (banger recreates it) or use your own --cache-dir"
 	case errors.Is(err, cache.ErrDamaged):
 		return "run `banger image cache prune` to start afresh"
 	// end of cache

@@ -24,7 +24,10 @@ import (
 
 // Issue 3: separate banger processes racing each other and being killed.
 // The quick modes run in CI; -long runs the long ones.
-var long = flag.Bool("long", false, "run the long stress and crash modes")
+var (
+	long      = flag.Bool("long", false, "run the long stress and crash modes")
+	crashSeed = flag.Uint64("crash-seed", 0, "replay TestCrashSafety with the seed a failed run logged (0: a new one)")
+)
 
 // stressImages are images sharing a base layer big enough that pulls and
 // prunes overlap.
@@ -311,7 +314,14 @@ func TestCrashSafety(t *testing.T) {
 	if *long {
 		rounds = 40
 	}
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
+	seed := *crashSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	// The kill moments come from the seed: a failure is replayed with
+	// go test -run TestCrashSafety -crash-seed N.
+	t.Logf("seed %d (replay with -crash-seed %d)", seed, seed)
+	rng := rand.New(rand.NewPCG(seed, 3))
 	killed := 0
 	for round := range rounds {
 		img := stressImages[round%len(stressImages)]
@@ -466,4 +476,166 @@ func TestPruneNotStarved(t *testing.T) {
 		t.Logf("prune swapped the cache %s after the last pull that was running when it started: a slow machine?", swapped.Sub(runningEnd))
 	}
 	t.Logf("prune swapped the cache %s after it started and returned after %s; the pulls running at its start ended up to %s after it started", swapped.Sub(pruneStart), pruneDone.Sub(pruneStart), runningEnd.Sub(pruneStart))
+}
+
+// TestSharedHost (issue 11 §1 and §3, cache side): a root install's cache
+// is private. Run as root and then as an unprivileged user (setpriv, uid and
+// gid 65534, no groups), the other user cannot read a blob, cannot take the
+// lock or the gate, and gets one line naming the path and saying what to
+// do; root's prune and pull are unaffected. A lock file planted by another
+// user is refused at once, with one line naming it, even while that user
+// holds it.
+func TestSharedHost(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: runs banger as root, then as uid 65534 through setpriv")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv (util-linux) not installed")
+	}
+	flockBin, err := exec.LookPath("flock")
+	if err != nil {
+		t.Skip("flock(1) not installed")
+	}
+	// A host layout: a root that everyone may traverse, as /var/cache is,
+	// and a copy of banger everyone may run.
+	host := t.TempDir()
+	for _, d := range []string{filepath.Dir(host), host} { // t.TempDir's own parent is 0700
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := newBangerEnv(t, "")
+	e.cache, e.data = filepath.Join(host, "cache"), filepath.Join(host, "data")
+	bin := filepath.Join(host, "banger")
+	if data, err := os.ReadFile(e.bin); err != nil {
+		t.Fatal(err)
+	} else if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.bin = bin
+	hello, err := filepath.Abs(filepath.Join("testdata", "hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The usual umask, so that banger's own modes, not a strict umask, are
+	// what keeps the other user out. The umask is process-wide (the banger
+	// children inherit it): safe because no test in this package runs in
+	// parallel.
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+
+	e.run("image", "pull", "-q", "oci:"+hello+":1.0")
+	blobs, err := filepath.Glob(filepath.Join(e.cache, "oci", "blobs", "sha256", "*"))
+	if err != nil || len(blobs) == 0 {
+		t.Fatalf("no blobs after root's pull (%v)", err)
+	}
+	lock, gate := filepath.Join(e.cache, "oci.lock"), filepath.Join(e.cache, "oci.lock.gate")
+
+	// nobody runs a command as uid 65534 and returns its exit code, stdout
+	// and stderr. It uses root's cache and an image store of its own, so
+	// that a pull reaches the cache.
+	ownData := filepath.Join(host, "nobody-data")
+	if err := os.Mkdir(ownData, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(ownData, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	nobody := func(name string, args ...string) (int, string, string) {
+		t.Helper()
+		cmd := exec.CommandContext(t.Context(), setpriv, append([]string{"--reuid=65534", "--regid=65534", "--clear-groups", "--", name}, args...)...)
+		cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/nonexistent", "BANGER_CACHE_DIR=" + e.cache, "BANGER_DATA_DIR=" + ownData}
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		code := 0
+		if exit, ok := err.(*exec.ExitError); ok {
+			code = exit.ExitCode()
+		} else if err != nil {
+			t.Fatalf("running %s as uid 65534: %v", name, err)
+		}
+		return code, stdout.String(), stderr.String()
+	}
+
+	// The other user can neither read a blob nor take a lock.
+	if code, out, _ := nobody("cat", blobs[0]); code == 0 {
+		t.Errorf("uid 65534 read blob %s (%d bytes)", blobs[0], len(out))
+	}
+	for _, f := range []string{lock, gate} {
+		for _, mode := range []string{"-s", "-x"} {
+			if code, _, _ := nobody(flockBin, mode, "-n", f, "true"); code == 0 {
+				t.Errorf("uid 65534 took flock %s on %s", mode, f)
+			}
+		}
+	}
+	// banger as the other user: exit 1, one line naming the path and the
+	// flag to use instead; never 75 (busy), never a wait.
+	for _, args := range [][]string{
+		{"image", "cache", "du"},
+		{"image", "cache", "prune"},
+		{"image", "cache", "prune", "--older-than", "1h"},
+		{"image", "pull", "-q", "oci:" + hello + ":1.0"},
+	} {
+		code, _, stderr := nobody(bin, args...)
+		t.Logf("as uid 65534: banger %s: exit %d: %s", strings.Join(args, " "), code, strings.TrimSpace(stderr))
+		if code != 1 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, e.cache) || !strings.Contains(stderr, "permission denied") || !strings.Contains(stderr, "--cache-dir") {
+			t.Errorf("banger %s as uid 65534 = exit %d, stderr %q; want exit 1 and one line naming %s, permission denied and --cache-dir", strings.Join(args, " "), code, stderr, e.cache)
+		}
+	}
+
+	// Root is unaffected: prune without waiting, then pull again.
+	if out := e.run("image", "cache", "prune", "--no-wait"); !strings.Contains(out, "across 3 blob(s)") {
+		t.Errorf("root's prune after the other user's attempts printed %q, want 3 blobs freed", out)
+	}
+	e.run("image", "pull", "-q", "oci:"+hello+":1.0")
+	checkCacheInvariants(t, e.cache, false)
+
+	// A lock file of another user, in a root an older banger made 0755: the
+	// other user holds it, and root's prune (which would wait for ever)
+	// refuses it at once, naming it.
+	if err := os.Chmod(e.cache, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(lock, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	ready, release := filepath.Join(host, "ready"), filepath.Join(host, "release")
+	if err := os.Chmod(host, 0o777|os.ModeSticky); err != nil { // the holder writes its ready file
+		t.Fatal(err)
+	}
+	holder := exec.CommandContext(t.Context(), setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+		flockBin, "-x", lock, "sh", "-c", "touch "+ready+"; until [ -e "+release+" ]; do sleep 0.05; done")
+	holder.Stderr = os.Stderr
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- holder.Wait() }()
+	defer func() {
+		os.WriteFile(release, nil, 0o644)
+		<-exited
+	}()
+	for {
+		if _, err := os.Stat(ready); err == nil {
+			break
+		}
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("the other user's flock exited (%v) before taking the lock", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	var stderr bytes.Buffer
+	cmd := e.cmd("image", "cache", "prune")
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 1 {
+		t.Errorf("root's prune with a lock file of uid 65534 = %v, want exit 1", err)
+	}
+	if line := stderr.String(); strings.Count(line, "\n") != 1 || !strings.Contains(line, lock+" is owned by uid 65534") {
+		t.Errorf("root's prune with a lock file of uid 65534 printed %q, want one line naming %s and its owner", line, lock)
+	}
+	t.Logf("root's prune refused the planted lock: %s", strings.TrimSpace(stderr.String()))
 }

@@ -269,6 +269,9 @@ func (c *Cache) discard(ctx context.Context, name string, opened fs.FileInfo) er
 // is missing; an exclusive holder (eviction) creates nothing, and gets a nil
 // r when the cache is not there (its leftovers may still be).
 func (c *Cache) withDir(ctx context.Context, mode lockMode, fn func(r *os.Root) error) error {
+	if err := c.nested(); err != nil {
+		return err
+	}
 	unlock, err := c.lock(ctx, mode)
 	if err != nil {
 		return err
@@ -300,8 +303,14 @@ func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.F
 	)
 	err = c.withDir(ctx, shared, func(r *os.Root) error {
 		var err error
-		tmp, err = r.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
+		p := c.perms()
+		tmp, err = r.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_EXCL, p.file)
 		if err != nil {
+			return err
+		}
+		if err := p.fixFile(tmp); err != nil {
+			tmp.Close()
+			r.Remove(tmpName)
 			return err
 		}
 		// The caller gets its own read-only descriptor: the published blob
@@ -315,7 +324,10 @@ func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.F
 			// The flock lives as long as the writer: a selective prune
 			// that can take it knows the temp file was abandoned (its
 			// writer died), and never removes one still being written.
-			err = unix.Flock(int(reader.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+			// Blocking, not LOCK_NB: a dry run probing the new file
+			// under the shared lock may hold its flock for an instant,
+			// and that must not fail the pull.
+			err = unix.Flock(int(reader.Fd()), unix.LOCK_EX)
 		}
 		if err != nil {
 			tmp.Close()
@@ -323,8 +335,10 @@ func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.F
 				reader.Close()
 			}
 			r.Remove(tmpName)
+			return err
 		}
-		return err
+		c.removeStaleTemps(r)
+		return nil
 	})
 	if err != nil {
 		return nil, &localError{fmt.Errorf("creating temp file for sha256:%s in cache %s: %w", hexDigest, c.dir, err)}

@@ -775,3 +775,41 @@ func TestUsageDuringFetches(t *testing.T) {
 		})
 	}
 }
+
+// TestFetchRemovesStaleTemps checks issue 11 §1: a pull that downloads
+// removes temp files a killed writer left (unflocked and older than
+// staleAfter), and leaves one being written (flocked) or just created.
+func TestFetchRemovesStaleTemps(t *testing.T) {
+	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name     string
+		age      time.Duration
+		locked   bool
+		wantGone bool
+	}{
+		{"abandoned an hour ago", time.Hour, false, true},
+		{"abandoned 11s ago", 11 * time.Second, false, true},
+		{"just created, not yet flocked", time.Second, false, false},
+		{"being written, stalled for an hour", time.Hour, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newTestCache(t, Options{})
+			c.now = func() time.Time { return now }
+			initCache(t, c)
+			path := filepath.Join(c.dir, tmpSubdir, hexOf(content(8, 8))+".0123456789abcdef.partial")
+			writeFile(t, path, content(8, 8))
+			if err := os.Chtimes(path, now.Add(-tt.age), now.Add(-tt.age)); err != nil {
+				t.Fatal(err)
+			}
+			if tt.locked {
+				holdLockPath(t, path)
+			}
+			mustFetch(t, c, content(9, 90)) // a miss: downloads
+			_, err := os.Lstat(path)
+			if gone := errors.Is(err, os.ErrNotExist); gone != tt.wantGone {
+				t.Errorf("temp file gone after a download = %v, want %v", gone, tt.wantGone)
+			}
+		})
+	}
+}

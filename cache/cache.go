@@ -27,6 +27,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -54,9 +55,6 @@ const (
 	// directory, so a crash leaves them where the next prune finds them.
 	asidePrefix    = ".pruning-"
 	creatingPrefix = ".creating-"
-
-	dirPerm  = 0o755
-	filePerm = 0o644
 )
 
 // blobName is the one place that knows a blob's name inside the cache
@@ -88,6 +86,10 @@ var (
 	// lost subdirectory, a corrupt blob it could not remove); emptying the
 	// cache starts afresh.
 	ErrDamaged = errors.New("cache is damaged")
+	// ErrForeignLock is returned when a lock file belongs to another user:
+	// that user could hold it for ever, so banger refuses it rather than
+	// wait for it.
+	ErrForeignLock = errors.New("lock file belongs to another user")
 	// ErrDigestMismatch is returned when a blob's content does not match its
 	// descriptor.
 	ErrDigestMismatch = errors.New("content does not match digest")
@@ -180,14 +182,20 @@ func (c *Cache) warn(format string, args ...any) {
 func (c *Cache) exists() (bool, error) {
 	err := c.checkDir()
 	if errors.Is(err, fs.ErrNotExist) {
-		// Only when oci/ is missing: a cache root that holds a tag of its
-		// own is the oci/ of another root, named where its parent was meant.
-		if tagged(c.parent()) {
-			return false, fmt.Errorf("cache root %s %w (the cache directory of cache root %s)", c.parent(), ErrNestedCache, filepath.Dir(c.parent()))
-		}
-		return false, nil
+		return false, c.nested()
 	}
 	return err == nil, err
+}
+
+// nested reports a cache root that is itself a cache directory: the oci/ of
+// another root, named where its parent was meant. Only a missing oci/ is
+// checked (a cache inside a cache directory would be oci/oci), before
+// anything is created there, the lock file included.
+func (c *Cache) nested() error {
+	if _, err := os.Lstat(c.dir); errors.Is(err, fs.ErrNotExist) && tagged(c.parent()) {
+		return fmt.Errorf("cache root %s %w (the cache directory of cache root %s)", c.parent(), ErrNestedCache, filepath.Dir(c.parent()))
+	}
+	return nil
 }
 
 // openDir opens the cache directory as an os.Root, creating it complete with
@@ -200,7 +208,7 @@ func (c *Cache) openDir() (*os.Root, error) {
 		return nil, err
 	}
 	if !ok {
-		if err := c.create(); err != nil {
+		if err := c.create(nil); err != nil {
 			return nil, err
 		}
 	}
@@ -216,8 +224,15 @@ func (c *Cache) openDir() (*os.Root, error) {
 // such file or directory" until a prune. MkdirAll writes nothing when both
 // exist. Only lookup calls it: cleanup paths must work in a broken cache.
 func (c *Cache) repair(r *os.Root) error {
-	for _, sub := range []string{blobsSubdir, tmpSubdir} {
-		if err := r.MkdirAll(sub, dirPerm); err != nil {
+	p := c.perms()
+	for _, sub := range []string{blobsParent, blobsSubdir, tmpSubdir} {
+		if _, err := r.Lstat(sub); err == nil {
+			continue
+		}
+		if err := r.Mkdir(sub, p.dir); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("repairing cache %s: %w: %w", c.dir, ErrDamaged, err)
+		}
+		if err := p.fixDir(filepath.Join(c.dir, sub)); err != nil {
 			return fmt.Errorf("repairing cache %s: %w: %w", c.dir, ErrDamaged, err)
 		}
 	}
@@ -258,25 +273,47 @@ func tagged(dir string) bool {
 
 // create builds a complete, empty cache in a sibling directory and renames
 // it into place, so that the cache directory is never seen without its tag
-// or subdirectories, even after a crash.
-func (c *Cache) create() error {
+// or subdirectories, even after a crash. With like, the cache directory that
+// prune just renamed aside, the new one gets its mode, owner and group (as
+// Go's clean keeps its top directory), so that a cache an admin set up by
+// hand stays as it was; otherwise the modes of perms.
+func (c *Cache) create(like fs.FileInfo) error {
 	parent := c.parent()
-	if err := os.MkdirAll(parent, dirPerm); err != nil {
+	p := c.perms()
+	if err := p.mkdirAll(parent); err != nil {
 		return fmt.Errorf("creating cache root: %w", err)
 	}
-	// Not MkdirTemp: its 0700 would hide a system cache from unprivileged
-	// users running du; Mkdir gives 0755 less the umask.
 	staging := filepath.Join(parent, creatingPrefix+randomSuffix())
-	if err := os.Mkdir(staging, dirPerm); err != nil {
+	if err := os.Mkdir(staging, p.dir); err != nil {
 		return fmt.Errorf("creating cache: %w", err)
 	}
 	err := func() error {
-		for _, sub := range []string{blobsSubdir, tmpSubdir} {
-			if err := os.MkdirAll(filepath.Join(staging, sub), dirPerm); err != nil {
+		if err := p.fixDir(staging); err != nil {
+			return err
+		}
+		for _, sub := range []string{blobsParent, blobsSubdir, tmpSubdir} {
+			if err := os.Mkdir(filepath.Join(staging, sub), p.dir); err != nil {
+				return err
+			}
+			if err := p.fixDir(filepath.Join(staging, sub)); err != nil {
 				return err
 			}
 		}
-		return os.WriteFile(filepath.Join(staging, tagName), []byte(tagContent), filePerm)
+		tag, err := os.OpenFile(filepath.Join(staging, tagName), os.O_WRONLY|os.O_CREATE|os.O_EXCL, p.file)
+		if err != nil {
+			return err
+		}
+		_, err = tag.WriteString(tagContent)
+		if err == nil {
+			err = p.fixFile(tag)
+		}
+		if cerr := tag.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil || like == nil {
+			return err
+		}
+		return copyOwnerMode(staging, like)
 	}()
 	if err == nil {
 		err = os.Rename(staging, c.dir)
@@ -292,6 +329,21 @@ func (c *Cache) create() error {
 		return fmt.Errorf("creating cache %s: %w", c.dir, err)
 	}
 	return syncDir(parent)
+}
+
+// copyOwnerMode gives dir the owner, group and mode of like. Only root may
+// give a directory away; anyone else keeps it and still sets the group
+// where they may. The mode is set last, after chown, which clears setgid.
+func copyOwnerMode(dir string, like fs.FileInfo) error {
+	if st, ok := like.Sys().(*syscall.Stat_t); ok {
+		if err := os.Lchown(dir, int(st.Uid), int(st.Gid)); err != nil {
+			if err := os.Lchown(dir, -1, int(st.Gid)); err != nil && !errors.Is(err, fs.ErrPermission) {
+				return err
+			}
+		}
+	}
+	mode := like.Mode() & (fs.ModePerm | fs.ModeSetgid | fs.ModeSticky)
+	return os.Chmod(dir, mode)
 }
 
 // syncDir makes a rename or link in dir durable.

@@ -351,13 +351,21 @@ func TestCreateConcurrent(t *testing.T) {
 }
 
 // TestPermissions checks the modes banger gives what it creates under the
-// usual umask: readable by all, so that unprivileged users can measure a
-// system cache.
+// usual umask (issue 11 §1): private to the owner, unless the admin made the
+// cache root group-owned and setgid, when everything takes the root's group
+// and mode, never more. It changes the umask, a process-wide setting: safe
+// because no test in this package runs in parallel.
 func TestPermissions(t *testing.T) {
+	// The umask is the process's: safe only because no test in this
+	// package calls t.Parallel.
 	old := syscall.Umask(0o022)
 	t.Cleanup(func() { syscall.Umask(old) })
+	group := os.Getgid()
+	if os.Geteuid() == 0 {
+		group = 65534 // a group root is not in: what setgid gives is visible
+	}
 
-	tests := []struct {
+	ops := []struct {
 		name string
 		run  func(t *testing.T, c *Cache)
 	}{
@@ -369,46 +377,132 @@ func TestPermissions(t *testing.T) {
 			if _, err := pruneAll(t.Context(), c, false); err != nil {
 				t.Fatal(err)
 			}
+			mustFetch(t, c, content(2, 1000))
 		}},
-		{"after usage", func(t *testing.T, c *Cache) {
+		{"after eviction", func(t *testing.T, c *Cache) {
+			mustFetch(t, c, content(1, 1000))
+			if _, err := c.Prune(t.Context(), Policy{HasMaxSize: true, MaxSize: 0}, false); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"after inventory", func(t *testing.T, c *Cache) {
 			mustFetch(t, c, content(1, 1000))
 			os.Remove(c.lockPath)
-			if _, err := usageOf(t.Context(), c); err != nil {
+			os.Remove(c.gatePath())
+			if _, err := c.Inventory(t.Context()); err != nil {
 				t.Fatal(err)
 			}
 		}},
 	}
+	roots := []struct {
+		name string
+		// mode, if set, is given to the cache root before the first use.
+		mode           fs.FileMode
+		wantDir        fs.FileMode
+		wantFile       fs.FileMode
+		wantGroupOfAll bool
+	}{
+		{name: "private", wantDir: fs.ModeDir | 0o700, wantFile: 0o600},
+		{name: "group-shared setgid root", mode: fs.ModeSetgid | 0o770, wantDir: fs.ModeDir | fs.ModeSetgid | 0o770, wantFile: 0o660, wantGroupOfAll: true},
+		{name: "group-readable setgid root", mode: fs.ModeSetgid | 0o750, wantDir: fs.ModeDir | fs.ModeSetgid | 0o750, wantFile: 0o640, wantGroupOfAll: true},
+	}
+	for _, root := range roots {
+		for _, op := range ops {
+			t.Run(root.name+"/"+op.name, func(t *testing.T) {
+				c := newTestCache(t, Options{})
+				if root.mode != 0 {
+					if err := os.Mkdir(c.parent(), 0o700); err != nil {
+						t.Fatal(err)
+					}
+					if err := os.Chown(c.parent(), -1, group); err != nil {
+						t.Fatal(err)
+					}
+					if err := os.Chmod(c.parent(), root.mode); err != nil {
+						t.Fatal(err)
+					}
+				}
+				op.run(t, c)
+				n := 0
+				err := filepath.WalkDir(c.parent(), func(p string, d fs.DirEntry, err error) error {
+					if err != nil {
+						return err
+					}
+					info, err := d.Info()
+					if err != nil {
+						return err
+					}
+					want := root.wantFile
+					if d.IsDir() {
+						want = root.wantDir
+					}
+					if info.Mode() != want {
+						t.Errorf("%s has mode %v, want %v", p, info.Mode(), want)
+					}
+					if gid := int(info.Sys().(*syscall.Stat_t).Gid); root.wantGroupOfAll && gid != group {
+						t.Errorf("%s has group %d, want the root's group %d", p, gid, group)
+					}
+					n++
+					return nil
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n < 8 { // root, lock, gate, oci, tag, blobs, sha256, tmp
+					t.Errorf("walked %d entries, want at least 8", n)
+				}
+			})
+		}
+	}
+}
+
+// TestPruneKeepsCacheDirMode checks B4 of issue 9: a full prune recreates
+// the cache directory with the mode, owner and group the old one had.
+func TestPruneKeepsCacheDirMode(t *testing.T) {
+	tests := []struct {
+		name  string
+		mode  fs.FileMode
+		owner int // -1: leave it
+	}{
+		{"hand-set 0750", 0o750, -1},
+		{"setgid 02770", fs.ModeSetgid | 0o770, -1},
+		{"old world-readable 0755", 0o755, -1},
+		{"owned by another user (root only)", 0o700, 65534},
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.owner >= 0 && os.Geteuid() != 0 {
+				t.Skip("only root can give a directory away")
+			}
 			c := newTestCache(t, Options{})
-			tt.run(t, c)
-			n := 0
-			err := filepath.WalkDir(c.parent(), func(p string, d fs.DirEntry, err error) error {
-				if err != nil {
-					return err
+			mustFetch(t, c, content(1, 100))
+			if tt.owner >= 0 {
+				if err := os.Chown(c.dir, tt.owner, tt.owner); err != nil {
+					t.Fatal(err)
 				}
-				info, err := d.Info()
-				if err != nil {
-					return err
-				}
-				want := fs.FileMode(0o644)
-				if d.IsDir() {
-					want = fs.ModeDir | 0o755
-				}
-				if info.Mode() != want {
-					t.Errorf("%s has mode %v, want %v", p, info.Mode(), want)
-				}
-				n++
-				return nil
-			})
+			}
+			if err := os.Chmod(c.dir, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			before, err := os.Stat(c.dir)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := os.Stat(c.lockPath); err != nil {
-				t.Errorf("lock file: %v", err)
+			if _, err := pruneAll(t.Context(), c, false); err != nil {
+				t.Fatal(err)
 			}
-			if n < 7 { // root, lock, oci, tag, blobs, sha256, tmp
-				t.Errorf("walked %d entries, want at least 7", n)
+			after, err := os.Stat(c.dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if os.SameFile(before, after) {
+				t.Fatal("prune did not replace the cache directory")
+			}
+			if after.Mode() != before.Mode() {
+				t.Errorf("cache dir mode after prune = %v, want %v", after.Mode(), before.Mode())
+			}
+			bst, ast := before.Sys().(*syscall.Stat_t), after.Sys().(*syscall.Stat_t)
+			if ast.Uid != bst.Uid || ast.Gid != bst.Gid {
+				t.Errorf("cache dir owner after prune = %d:%d, want %d:%d", ast.Uid, ast.Gid, bst.Uid, bst.Gid)
 			}
 		})
 	}

@@ -152,6 +152,37 @@ func (c *Cache) sweepTemps(r *os.Root, abandonedOnly bool) (int64, []error, erro
 	return bytes, errs, nil
 }
 
+// staleAfter is how old an unflocked temp file must be before a pull
+// removes it. A writer creates its temp file and flocks it within one hold
+// of the shared lock, microseconds apart; a file older than this that no
+// one holds was left by a writer that died.
+const staleAfter = 10 * time.Second
+
+// removeStaleTemps removes the temp files that writers which died left
+// behind, so that the next pull cleans up after a killed one without
+// waiting for a prune. It runs under the shared lock, beside live writers:
+// the age is what keeps it off a file whose writer has created it and not
+// yet taken its flock. Failures are ignored: prune removes what this misses.
+func (c *Cache) removeStaleTemps(r *os.Root) {
+	entries, err := os.ReadDir(c.dir + "/" + tmpSubdir)
+	if err != nil {
+		return
+	}
+	now := c.now()
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue // not a file banger writes: left for prune
+		}
+		info, err := e.Info()
+		if err != nil || now.Sub(info.ModTime()) < staleAfter {
+			continue
+		}
+		if !lockedByWriter(c.dir + "/" + tmpSubdir + "/" + e.Name()) {
+			r.Remove(tmpSubdir + "/" + e.Name())
+		}
+	}
+}
+
 // lockedByWriter reports whether a live writer holds the temp file's flock.
 func lockedByWriter(path string) bool {
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
@@ -209,6 +240,13 @@ func (c *Cache) evict(ctx context.Context, p Policy, dryRun bool, rep *Report) {
 		return
 	}
 	blobs, err := c.listBlobs(ctx)
+	var leftovers []string
+	if err == nil && dryRun {
+		// A dry run counts the garbage in the same hold of the lock; the
+		// real run removes it under the exclusive lock, below, through the
+		// same function.
+		leftovers = c.garbage(nil, rep)
+	}
 	unlock()
 	if err != nil {
 		rep.fail(err)
@@ -218,23 +256,16 @@ func (c *Cache) evict(ctx context.Context, p Policy, dryRun bool, rep *Report) {
 	for _, b := range keep {
 		rep.Kept.add(Tally{Bytes: b.Size, Blobs: 1})
 	}
-	var leftovers []string
 	if dryRun {
 		for _, b := range evict {
 			rep.Freed.add(Tally{Bytes: b.Size, Blobs: 1})
 		}
-		unlock, err := c.lock(ctx, shared)
-		if err != nil {
-			rep.fail(err)
-			return
-		}
-		leftovers = c.garbage(nil, rep)
-		unlock()
 	}
 	for start := 0; !dryRun && (start == 0 || start < len(evict)); start += evictBatch {
 		batch := evict[start:min(start+evictBatch, len(evict))]
 		last := start+evictBatch >= len(evict)
 		err := c.withDir(ctx, exclusive, func(r *os.Root) error {
+			rep.changed = true
 			c.removeBlobs(r, batch, rep)
 			if last {
 				leftovers = c.garbage(r, rep)

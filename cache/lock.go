@@ -2,11 +2,10 @@ package cache
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/gofrs/flock"
@@ -42,16 +41,15 @@ const (
 // released by the kernel with its file descriptors: there are no stale locks.
 func (c *Cache) lock(ctx context.Context, mode lockMode) (unlock func(), err error) {
 	excl := mode == exclusive
-	if err := os.MkdirAll(filepath.Dir(c.lockPath), dirPerm); err != nil {
+	p := c.perms()
+	if err := p.mkdirAll(filepath.Dir(c.lockPath)); err != nil {
 		return nil, fmt.Errorf("creating lock directory: %w", err)
 	}
-	w := &waiter{opts: c.opts, noticeAfter: c.noticeAfter, lockPath: c.lockPath, start: time.Now()}
+	w := &waiter{opts: c.opts, noticeAfter: c.noticeAfter, lockPath: c.lockPath, perms: p, start: time.Now()}
 	gate, err := w.acquire(ctx, c.gatePath(), true)
-	if err != nil && !(errors.Is(err, fs.ErrPermission) && !excl) {
+	if err != nil {
 		return nil, err
 	}
-	// A reader of a system cache who may not create the gate file still
-	// measures it; it just does not queue behind a waiting prune.
 	main, err := w.acquire(ctx, c.lockPath, excl)
 	if err != nil {
 		if gate != nil {
@@ -105,20 +103,22 @@ type waiter struct {
 	opts        Options
 	noticeAfter time.Duration
 	lockPath    string // the lock named in messages
+	perms       perms
 	start       time.Time
 	noticed     bool
-	perm        os.FileMode // of a lock file created; 0 means filePerm
 }
 
-// LockFile takes an exclusive flock on path (created 0600 if missing) with
-// the cache lock's wait policy: opts.Wait, opts.NoWait and opts.Notice, and
-// ctx, are honoured exactly as for the cache lock, and a lock still held
-// when the wait runs out is a *LockBusyError. It returns the function that
-// releases it. It is exported for the image store, which needs the same
-// policy for its own lock file and must not grow a second polling loop; it
-// has no gate, since no holder of such a lock keeps it for long.
+// LockFile takes an exclusive flock on path, created private (0600) if
+// missing, with the cache lock's wait policy: ctx, opts.Wait, opts.NoWait
+// and opts.Notice are honoured exactly as for the cache lock, a lock file
+// of another user is refused, and a lock still held when the wait runs out
+// is a *LockBusyError. It returns the function that releases it.
+//
+// It is exported for the image store, which needs the same policy for its
+// own lock and should not grow a second polling loop. It has no gate: no
+// holder of such a lock keeps it for more than a few renames.
 func LockFile(ctx context.Context, path string, opts Options) (unlock func(), err error) {
-	w := &waiter{opts: opts, noticeAfter: noticeAfter, lockPath: path, start: time.Now(), perm: 0o600}
+	w := &waiter{opts: opts, noticeAfter: noticeAfter, lockPath: path, perms: perms{dir: privateDirPerm, file: privateFilePerm}, start: time.Now()}
 	fl, err := w.acquire(ctx, path, true)
 	if err != nil {
 		return nil, err
@@ -128,23 +128,35 @@ func LockFile(ctx context.Context, path string, opts Options) (unlock func(), er
 
 // acquire polls for one flock, since flock(2) cannot wait with a deadline.
 func (w *waiter) acquire(ctx context.Context, path string, exclusive bool) (*flock.Flock, error) {
-	// 0644 (less umask) so that unprivileged users can take the shared
-	// lock on a system cache to measure it.
-	perm := os.FileMode(filePerm)
-	if w.perm != 0 {
-		perm = w.perm
-	}
-	fl := flock.New(path, flock.SetPermissions(perm))
+	// Private (perms): no other user may open the lock, or they could
+	// hold it for ever. O_NOFOLLOW: the lock is this file, not one a link
+	// points to.
+	fl := flock.New(path, flock.SetPermissions(w.perms.file), flock.SetFlag(os.O_CREATE|os.O_RDWR|syscall.O_NOFOLLOW))
 	try := fl.TryRLock
 	if exclusive {
 		try = fl.TryLock
 	}
 	delay := pollMin
-	for {
+	for checked := false; ; {
 		ok, err := try()
 		if err != nil {
 			fl.Close()
 			return nil, fmt.Errorf("locking %s: %w", path, err)
+		}
+		// Checked once the file exists, taken or not, and before any
+		// wait: a foreign lock is refused, never waited on.
+		if !checked {
+			checked = true
+			info, err := os.Lstat(path)
+			if err != nil {
+				err = fmt.Errorf("checking lock file %s: %w", path, err)
+			} else {
+				err = w.perms.checkOwner(path, info)
+			}
+			if err != nil {
+				fl.Close()
+				return nil, err
+			}
 		}
 		if ok {
 			return fl, nil

@@ -340,3 +340,137 @@ func TestLockCrossProcess(t *testing.T) {
 		})
 	}
 }
+
+// TestForeignLockRefused checks issue 11 §1: a lock file or gate that
+// belongs to another user is refused at once, naming the file, and never
+// waited on, even while that user holds it; a lock file of ours that an
+// older banger left 0644 is narrowed to 0600.
+func TestForeignLockRefused(t *testing.T) {
+	tests := []struct {
+		name    string
+		file    func(c *Cache) string
+		owner   int // uid and gid given to the file; -1: keep ours
+		mode    os.FileMode
+		shared  bool // the cache root is group-shared (setgid, group 65534)
+		wantErr error
+		// wantMode is the file's mode after a successful lock.
+		wantMode os.FileMode
+	}{
+		{name: "lock of another user", file: func(c *Cache) string { return c.lockPath }, owner: 65534, mode: 0o600, wantErr: ErrForeignLock},
+		{name: "gate of another user", file: func(c *Cache) string { return c.gatePath() }, owner: 65534, mode: 0o600, wantErr: ErrForeignLock},
+		{name: "lock of the root's group in a group-shared root", file: func(c *Cache) string { return c.lockPath }, owner: 65534, mode: 0o660, shared: true, wantMode: 0o660},
+		{name: "our lock left 0644", file: func(c *Cache) string { return c.lockPath }, owner: -1, mode: 0o644, wantMode: 0o600},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.owner >= 0 && os.Geteuid() != 0 {
+				t.Skip("only root can give a file to another user")
+			}
+			c := newTestCache(t, Options{}) // waits for ever: a refusal must not wait
+			mustFetch(t, c, content(1, 100))
+			if tt.shared {
+				if err := os.Chown(c.parent(), -1, 65534); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chmod(c.parent(), os.ModeSetgid|0o770); err != nil {
+					t.Fatal(err)
+				}
+			}
+			path := tt.file(c)
+			if tt.owner >= 0 {
+				if err := os.Chown(path, tt.owner, tt.owner); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.Chmod(path, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			if tt.wantErr != nil {
+				// The other user holds it: waiting would hang.
+				holdLockPath(t, path)
+			}
+			before := snapshot(t, c.parent(), "oci.lock", "oci.lock.gate")
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			_, err := c.Prune(ctx, Policy{}, false)
+			if tt.wantErr == nil {
+				if err != nil {
+					t.Fatalf("Prune() = %v, want nil", err)
+				}
+				if info, err := os.Stat(path); err != nil || info.Mode().Perm() != tt.wantMode {
+					t.Errorf("%s mode after a lock = %v (%v), want %v", path, info.Mode().Perm(), err, tt.wantMode)
+				}
+				return
+			}
+			if !errors.Is(err, tt.wantErr) || errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("Prune() = %v, want %v at once", err, tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), path) {
+				t.Errorf("error %q does not name %s", err, path)
+			}
+			checkSame(t, "after a refused lock", before, snapshot(t, c.parent(), "oci.lock", "oci.lock.gate"))
+		})
+	}
+}
+
+// holdLockPath holds an exclusive flock on path until the test ends.
+func holdLockPath(t *testing.T, path string) {
+	t.Helper()
+	fl := flock.New(path)
+	if err := fl.Lock(); err != nil {
+		t.Fatalf("taking lock %s: %v", path, err)
+	}
+	t.Cleanup(func() { fl.Close() })
+}
+
+// TestGateWaitHonoursOptions checks issue 11 §1: a wait at the gate (held by
+// a waiting prune, or by another process) ends as a wait for the lock does:
+// at once with NoWait, after Wait, and when the context ends.
+func TestGateWaitHonoursOptions(t *testing.T) {
+	tests := []struct {
+		name    string
+		opts    Options
+		cancel  bool // the context is cancelled while waiting
+		wantErr error
+	}{
+		{name: "no wait", opts: Options{NoWait: true}, wantErr: ErrLockBusy},
+		{name: "wait 50ms", opts: Options{Wait: 50 * time.Millisecond}, wantErr: ErrLockBusy},
+		{name: "context cancelled", cancel: true, wantErr: context.Canceled},
+	}
+	ops := []struct {
+		name string
+		run  func(ctx context.Context, c *Cache) error
+	}{
+		{"fetch", func(ctx context.Context, c *Cache) error {
+			f, err := c.Fetch(ctx, blobOf(content(9, 99), nil))
+			if f != nil {
+				f.Close()
+			}
+			return err
+		}},
+		{"inventory", func(ctx context.Context, c *Cache) error { _, err := c.Inventory(ctx); return err }},
+		{"prune", func(ctx context.Context, c *Cache) error { _, err := c.Prune(ctx, Policy{}, false); return err }},
+	}
+	for _, tt := range tests {
+		for _, op := range ops {
+			t.Run(tt.name+"/"+op.name, func(t *testing.T) {
+				c := newTestCache(t, tt.opts)
+				mustFetch(t, c, content(1, 100))
+				holdLockPath(t, c.gatePath())
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				if tt.cancel {
+					c.noticeAfter = 0
+					c.opts.Notice = func(string) { cancel() } // cancel once it waits
+				}
+				err := op.run(ctx, c)
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("%s while the gate is held = %v, want %v", op.name, err, tt.wantErr)
+				}
+				if !strings.Contains(err.Error(), c.lockPath) {
+					t.Errorf("error %q does not name the lock", err)
+				}
+			})
+		}
+	}
+}

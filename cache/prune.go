@@ -52,10 +52,14 @@ type Report struct {
 	// or measured, and the one that stopped the run, if any. Prune's error
 	// joins them.
 	Errors []error
-	// Partial is set when Prune failed after it had counted or removed
-	// something: Freed and Kept say what it did. When Prune fails and
-	// Partial is false, nothing was changed and the Report is empty.
+	// Partial is set when Prune failed after it had begun removing, or had
+	// counted something: Freed and Kept say what it did. When Prune fails
+	// and Partial is false, nothing was changed and the Report is empty.
 	Partial bool
+
+	// changed records that removing began (the cache was renamed aside, a
+	// batch was evicted), even if nothing could be counted.
+	changed bool
 }
 
 // fail records err, if any, as the failure that stopped the run.
@@ -71,7 +75,7 @@ func (r *Report) result() (Report, error) {
 	if len(r.Errors) == 0 {
 		return *r, nil
 	}
-	r.Partial = r.Freed != (Tally{}) || r.Kept != (Tally{})
+	r.Partial = r.changed || r.Freed != (Tally{}) || r.Kept != (Tally{})
 	return *r, errors.Join(r.Errors...)
 }
 
@@ -149,6 +153,7 @@ func (c *Cache) pruneAll(ctx context.Context, rep *Report) {
 		rep.fail(err)
 		return
 	}
+	rep.changed = true
 	// Outside the lock: deleting a large cache takes a while, and nothing
 	// but prune ever looks at an aside.
 	var errs []error
@@ -190,11 +195,15 @@ func (c *Cache) renameAside(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	if ok {
+		old, err := os.Lstat(c.dir)
+		if err != nil {
+			return nil, fmt.Errorf("renaming cache aside: %w", err)
+		}
 		aside := c.parent() + "/" + asidePrefix + randomSuffix()
 		if err := os.Rename(c.dir, aside); err != nil {
 			return nil, fmt.Errorf("renaming cache aside: %w", err)
 		}
-		if err := c.create(); err != nil {
+		if err := c.create(old); err != nil {
 			return nil, fmt.Errorf("recreating empty cache after renaming it to %s: %w; the next pull creates it, the next prune deletes %s", aside, err, aside)
 		}
 	}

@@ -70,18 +70,18 @@ func swapAndRestore(b *testing.B, c *Cache, root string) {
 func makeBenchTree(b *testing.B, dir string, n int) {
 	b.Helper()
 	for _, sub := range []string{blobsSubdir, tmpSubdir} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), dirPerm); err != nil {
+		if err := os.MkdirAll(filepath.Join(dir, sub), privateDirPerm); err != nil {
 			b.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(dir, tagName), []byte(tagContent), filePerm); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, tagName), []byte(tagContent), privateFilePerm); err != nil {
 		b.Fatal(err)
 	}
 	var seed [8]byte
 	for i := range n {
 		binary.LittleEndian.PutUint64(seed[:], uint64(i))
 		sum := sha256.Sum256(seed[:])
-		if err := os.WriteFile(filepath.Join(dir, blobsSubdir, hex.EncodeToString(sum[:])), nil, filePerm); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, blobsSubdir, hex.EncodeToString(sum[:])), nil, privateFilePerm); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // aside names a leftover directory as prune or create would.
@@ -449,6 +450,48 @@ func TestConcurrentPrunesAndFetches(t *testing.T) {
 			}
 			checkEmptyCache(t, c)
 			checkNoLeftovers(t, c)
+		})
+	}
+}
+
+// TestNestedCacheRefused checks issue 9 §4: a cache root that is itself a
+// cache directory (the caller named <root>/oci as the root) is refused by
+// every operation with ErrNestedCache, and nothing is created in it.
+func TestNestedCacheRefused(t *testing.T) {
+	ops := []struct {
+		name string
+		run  func(t *testing.T, c *Cache) error
+	}{
+		{"prune", func(t *testing.T, c *Cache) error { _, err := c.Prune(t.Context(), Policy{}, false); return err }},
+		{"dry run", func(t *testing.T, c *Cache) error { _, err := c.Prune(t.Context(), Policy{}, true); return err }},
+		{"evict", func(t *testing.T, c *Cache) error {
+			_, err := c.Prune(t.Context(), Policy{OlderThan: time.Hour}, false)
+			return err
+		}},
+		{"inventory", func(t *testing.T, c *Cache) error { _, err := c.Inventory(t.Context()); return err }},
+		{"fetch", func(t *testing.T, c *Cache) error {
+			f, err := c.Fetch(t.Context(), blobOf([]byte("x"), nil))
+			if f != nil {
+				f.Close()
+			}
+			return err
+		}},
+	}
+	for _, op := range ops {
+		t.Run(op.name, func(t *testing.T) {
+			real := newTestCache(t, Options{})
+			mustFetch(t, real, content(1, 100))
+			// What a user gets with --cache-dir pointing at oci/.
+			c := New(filepath.Join(real.dir, "oci"), filepath.Join(real.dir, "oci.lock"), Options{})
+			before := snapshot(t, real.parent())
+			err := op.run(t, c)
+			if !errors.Is(err, ErrNestedCache) {
+				t.Fatalf("%s = %v, want %v", op.name, err, ErrNestedCache)
+			}
+			if !strings.Contains(err.Error(), real.dir) || !strings.Contains(err.Error(), real.parent()) {
+				t.Errorf("error %q does not name %s and the root it belongs to, %s", err, real.dir, real.parent())
+			}
+			checkSame(t, "the real cache", before, snapshot(t, real.parent()))
 		})
 	}
 }

@@ -63,7 +63,11 @@ func errorf(kind error, format string, args ...any) error {
 // names and paths that end up in an error.
 type escapedError struct{ err error }
 
-func (e *escapedError) Error() string { return Escape(e.err.Error()) }
+func (e *escapedError) Error() string {
+	// Multi-line messages (go-containerregistry joins its attempts with
+	// newlines) read as one line, as banger prints every failure.
+	return Escape(strings.ReplaceAll(e.err.Error(), "\n", "; "))
+}
 func (e *escapedError) Unwrap() error { return e.err }
 
 func escapeError(err error) error {

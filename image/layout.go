@@ -8,10 +8,10 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,6 +45,9 @@ func openLayout(dir string) (*layoutDir, error) {
 func (l *layoutDir) open(name string) (*os.File, fs.FileInfo, error) {
 	f, err := l.root.OpenFile(name, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(name, "blobs/") {
+			return nil, nil, fmt.Errorf("OCI layout %s: %s is missing; the layout is incomplete", l.dir, name)
+		}
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil, fmt.Errorf("opening OCI layout %s: %w; expected a directory with index.json and oci-layout", l.dir, err)
 		}
@@ -124,7 +127,19 @@ func (l *layoutDir) index() (*v1.IndexManifest, error) {
 }
 
 func (l *layoutDir) readConfig(_ context.Context, d v1.Descriptor) ([]byte, error) {
-	return l.readBlob("config", d, maxConfigSize)
+	if err := checkDescriptor("config", d, maxConfigSize); err != nil {
+		return nil, fmt.Errorf("OCI layout %s: %w", l.dir, err)
+	}
+	f, _, err := l.open(blobName(d))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := readConfigBlob(f, d)
+	if err != nil {
+		return nil, fmt.Errorf("OCI layout %s: %w", l.dir, err)
+	}
+	return b, nil
 }
 
 // openBlob opens a layer blob. Its size and digest are the cache's to
@@ -148,49 +163,14 @@ func (l *layoutDir) image(d v1.Descriptor) (v1.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("OCI layout %s: parsing manifest %s: %w", l.dir, d.Digest, err)
 	}
-	return partial.CompressedToImage(&layoutImage{l: l, desc: d, raw: raw, manifest: m})
-}
-
-// layoutImage is the partial.CompressedImageCore of a layout's image.
-type layoutImage struct {
-	l        *layoutDir
-	desc     v1.Descriptor
-	raw      []byte
-	manifest *v1.Manifest
-}
-
-func (li *layoutImage) RawManifest() ([]byte, error) { return li.raw, nil }
-
-func (li *layoutImage) MediaType() (types.MediaType, error) {
-	if li.manifest.MediaType != "" {
-		return li.manifest.MediaType, nil
+	mt := m.MediaType
+	if mt == "" {
+		mt = d.MediaType
 	}
-	return li.desc.MediaType, nil
-}
-
-func (li *layoutImage) RawConfigFile() ([]byte, error) {
-	return li.l.readConfig(context.Background(), li.manifest.Config)
-}
-
-func (li *layoutImage) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
-	for _, d := range li.manifest.Layers {
-		if d.Digest == h {
-			return &layoutLayer{l: li.l, desc: d}, nil
-		}
-	}
-	return nil, fmt.Errorf("OCI layout %s: no layer %s in manifest %s", li.l.dir, h, li.desc.Digest)
-}
-
-type layoutLayer struct {
-	l    *layoutDir
-	desc v1.Descriptor
-}
-
-func (ll *layoutLayer) Digest() (v1.Hash, error)            { return ll.desc.Digest, nil }
-func (ll *layoutLayer) Size() (int64, error)                { return ll.desc.Size, nil }
-func (ll *layoutLayer) MediaType() (types.MediaType, error) { return ll.desc.MediaType, nil }
-func (ll *layoutLayer) Compressed() (io.ReadCloser, error) {
-	return ll.l.openBlob(context.Background(), ll.desc)
+	return partial.CompressedToImage(&manifestImage{raw: raw, mediaType: mt, manifest: m,
+		readConfig: func(d v1.Descriptor) ([]byte, error) { return l.readConfig(context.Background(), d) },
+		openBlob:   func(d v1.Descriptor) (io.ReadCloser, error) { return l.openBlob(context.Background(), d) },
+	})
 }
 
 // fileType names what a non-regular file is, for errors.

@@ -5,6 +5,12 @@
 // Use Pull to import an image and Store to list, inspect and remove what was
 // imported. A flattened image never depends on the blobs that sourced it:
 // pruning the cache leaves every image intact.
+//
+// Errors wrap the sentinels in errors.go (ErrInvalidReference,
+// ErrInvalidPlatform, ErrInvalidName for mistakes in what was asked;
+// ErrNotFound, ErrUnreachable, ErrStalled, ErrRedirect, ErrTooLarge,
+// ErrUnsupported for what went wrong), so that a caller can choose exit
+// codes and advice. Print strings from images with Escape.
 package image
 
 import (
@@ -22,6 +28,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/banger/banger/cache"
@@ -58,8 +65,20 @@ type PullOptions struct {
 	// (0 when the source does not say) as they change. It is called from
 	// one goroutine at a time.
 	Progress func(done, total int64)
+	// LayerDone, if set, is called once for each layer blob as soon as it is
+	// verified in the cache, from the goroutine that fetched it, so that a
+	// log without a terminal can show progress one line per layer.
+	LayerDone func(LayerDone)
 	// Now is the clock for pulled_at; nil means time.Now.
 	Now func() time.Time
+}
+
+// LayerDone describes a layer blob that is verified in the cache.
+type LayerDone struct {
+	Index  int    // 0 is the bottom layer
+	Digest string // "sha256:<hex>"
+	Size   int64  // bytes of the blob
+	Cached bool   // true when the cache had it: no byte was downloaded
 }
 
 // Pull imports ref into store s, passing every layer blob through cache c,
@@ -426,15 +445,28 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 			return
 		}
 		d := meta.layers[i]
+		// Fetch calls Open only on a miss: that tells a cached layer
+		// from a downloaded one.
+		var downloaded atomic.Bool
 		b := cache.Blob{
-			Digest:    d.Digest.String(),
-			Size:      d.Size,
-			Source:    Escape(meta.image.Reference),
-			Open:      func(ctx context.Context) (io.ReadCloser, error) { return src.openBlob(ctx, d) },
+			Digest: d.Digest.String(),
+			Size:   d.Size,
+			Source: Escape(meta.image.Reference),
+			Open: func(ctx context.Context) (io.ReadCloser, error) {
+				downloaded.Store(true)
+				return src.openBlob(ctx, d)
+			},
 			Retryable: src.kind.retryable,
 			Progress:  progress,
 		}
 		file, err := c.Fetch(ctx, b)
+		if err == nil && opts.LayerDone != nil {
+			size := d.Size
+			if fi, serr := file.Stat(); serr == nil {
+				size = fi.Size()
+			}
+			opts.LayerDone(LayerDone{Index: i, Digest: b.Digest, Size: size, Cached: !downloaded.Load()})
+		}
 		if err != nil {
 			<-f.open
 			f.errs[i] = fmt.Errorf("layer %d: %w", i, err)
@@ -487,10 +519,12 @@ func firstError(errs []error) error {
 }
 
 // retryable says whether a registry failure may go away on its own: a
-// client error such as 401 or 404 will not.
+// client error such as 401 or 404 will not, nor a refusal of banger's own
+// (a stall, a redirect loop, a cap): a server that stalled once is not
+// waited on again.
 func retryable(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, ErrStalled) || errors.Is(err, ErrRedirect) {
+		errors.Is(err, ErrStalled) || errors.Is(err, ErrRedirect) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrUnsupported) {
 		return false
 	}
 	var terr *transport.Error

@@ -718,6 +718,41 @@ func TestPullRejects(t *testing.T) {
 			wantErr: []string{`unknown transport "docker"`},
 			usage:   true,
 		},
+		{
+			name:    "single-platform image, other platform asked",
+			ref:     layoutWith(gzipped, func(*testing.T, string) {}),
+			opts:    PullOptions{Platform: "linux/arm64"},
+			wantErr: []string{"is a single-platform image for linux/amd64, not linux/arm64"},
+			usage:   true,
+		},
+		{
+			name:    "name that looks like an ID",
+			ref:     layoutWith(gzipped, func(*testing.T, string) {}),
+			opts:    PullOptions{Name: "0123456789abcdef"},
+			wantErr: []string{`image name "0123456789abcdef" looks like an image ID`},
+			usage:   true,
+		},
+		{
+			name: "blob never answered",
+			ref: func(t *testing.T) string {
+				ref := startRegistry(t, hangBlobs) + "/stall:1"
+				pushImage(t, ref, testImage(t, linuxAMD64, gzipped(t)...))
+				return ref
+			},
+			// Short, so the test is quick: how long is not what it checks.
+			opts:    PullOptions{StallTimeout: 100 * time.Millisecond},
+			wantErr: []string{"reading image config", "sent nothing for 100ms (a stalled connection is not retried)"},
+		},
+		{
+			name: "manifest never answered",
+			ref: func(t *testing.T) string {
+				ref := startRegistry(t, hangManifests) + "/stall:1"
+				pushImage(t, ref, testImage(t, linuxAMD64, gzipped(t)...))
+				return ref
+			},
+			opts:    PullOptions{StallTimeout: 100 * time.Millisecond},
+			wantErr: []string{"sent nothing for 100ms"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1098,4 +1133,26 @@ func TestPullPipelined(t *testing.T) {
 			e.checkNothingPublished(t)
 		})
 	}
+}
+
+// hangBlobs makes a registry's blob GETs never answer (pushes still work).
+func hangBlobs(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			<-r.Context().Done()
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// hangManifests makes a registry's manifest GETs never answer.
+func hangManifests(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/") {
+			<-r.Context().Done()
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }

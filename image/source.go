@@ -3,22 +3,16 @@ package image
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
@@ -115,134 +109,28 @@ func isTransportLike(prefix, rest string) bool {
 	return err != nil
 }
 
-func resolveRegistry(ctx context.Context, ref string, platform v1.Platform, opts PullOptions) (*source, error) {
-	var nameOpts []name.Option
-	if opts.Insecure {
-		nameOpts = append(nameOpts, name.Insecure)
-	}
-	r, err := name.ParseReference(ref, nameOpts...)
-	if err != nil {
-		return nil, errorf(ErrInvalidReference, "parsing reference %q: %v; expected e.g. alpine:3.20, 127.0.0.1:5000/x:y, oci:DIR[:TAG] or docker-archive:FILE[:REF]", ref, err)
-	}
-	base := opts.Transport
-	if base == nil {
-		base = remote.DefaultTransport
-	}
-	guarded := newGuardTransport(base, opts.StallTimeout)
-	remoteOpts := []remote.Option{
-		remote.WithContext(ctx),
-		remote.WithAuthFromKeychain(authn.DefaultKeychain),
-		remote.WithUserAgent("banger"),
-		remote.WithTransport(guarded),
-	}
-	desc, err := remote.Get(r, remoteOpts...)
-	if err != nil {
-		return nil, registryError(r, err)
-	}
-	blobs, err := newRegistryBlobs(ctx, r.Context(), guarded)
-	if err != nil {
-		return nil, registryError(r, err)
-	}
-	src := &source{
-		kind:       fromRegistry,
-		name:       normalizeName(r),
-		readConfig: blobs.readConfig,
-		openBlob:   blobs.open,
-		close:      func() {},
-	}
-	switch {
-	case desc.MediaType.IsIndex():
-		// A digest in ref names the index (remote.Get checked it); the
-		// image is then checked against the digest the index lists.
-		idx, err := desc.ImageIndex()
-		if err != nil {
-			return nil, registryError(r, err)
-		}
-		im, err := idx.IndexManifest()
-		if err != nil {
-			return nil, fmt.Errorf("pull %s: reading index: %w", ref, err)
-		}
-		src.img, src.manifestDigest, err = pickPlatform(im, platform, ref, func(d v1.Descriptor) (v1.Image, error) { return idx.Image(d.Digest) })
-		if err != nil {
-			return nil, err
-		}
-		src.picked = true
-	case desc.MediaType.IsImage():
-		if d, ok := r.(name.Digest); ok {
-			src.manifestDigest, _ = v1.NewHash(d.DigestStr())
-		}
-		src.img, err = desc.Image()
-		if err != nil {
-			return nil, registryError(r, err)
-		}
-	default:
-		return nil, errorf(ErrUnsupported, "pull %s: unsupported media type %s: not a container image or image index", ref, desc.MediaType)
-	}
-	return src, nil
-}
-
-// registryBlobs reads blobs from a registry with banger's own requests, so
-// that nothing but banger checks them (and its own errors say what failed),
-// no foreign URL is ever tried, and redirects keep go-containerregistry's
-// SSRF policy with guardTransport's hop limit.
-type registryBlobs struct {
-	repo   name.Repository
-	client *http.Client
-}
-
-func newRegistryBlobs(ctx context.Context, repo name.Repository, guarded http.RoundTripper) (*registryBlobs, error) {
-	auth, err := authn.Resolve(ctx, authn.DefaultKeychain, repo)
-	if err != nil {
-		return nil, err
-	}
-	tr, err := transport.NewWithContext(ctx, repo.Registry, auth, transport.NewUserAgent(guarded, "banger"), []string{repo.Scope(transport.PullScope)})
-	if err != nil {
-		return nil, err
-	}
-	return &registryBlobs{repo: repo, client: &http.Client{Transport: tr, CheckRedirect: checkRedirectSSRF}}, nil
-}
-
-func (b *registryBlobs) open(ctx context.Context, d v1.Descriptor) (io.ReadCloser, error) {
-	u := url.URL{Scheme: b.repo.Scheme(), Host: b.repo.RegistryStr(), Path: "/v2/" + b.repo.RepositoryStr() + "/blobs/" + d.Digest.String()}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := b.client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	if err := transport.CheckError(resp, http.StatusOK); err != nil {
-		resp.Body.Close()
-		return nil, err
-	}
-	return resp.Body, nil
-}
-
-func (b *registryBlobs) readConfig(ctx context.Context, d v1.Descriptor) ([]byte, error) {
-	if err := checkDescriptor("config", d, maxConfigSize); err != nil {
-		return nil, err
-	}
-	rc, err := b.open(ctx, d)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	return readCapped(rc, "config", d, maxConfigSize)
-}
-
 // readCapped reads a blob of at most limit bytes (its declared size was
-// checked against limit already). A blob of another size than declared is
-// left to the digest check, which says what the content is.
+// checked against limit already). A blob shorter than limit but of another
+// size than declared is left to the digest check, which says what the
+// content is.
 func readCapped(r io.Reader, what string, d v1.Descriptor, limit int64) ([]byte, error) {
 	b, err := io.ReadAll(io.LimitReader(r, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("reading %s %s: %w", what, d.Digest, err)
 	}
 	if int64(len(b)) > limit {
+		if limit == d.Size {
+			return nil, fmt.Errorf("%s %s: more than its declared size of %d bytes; the source is corrupt", what, d.Digest, d.Size)
+		}
 		return nil, errorf(ErrTooLarge, "%s %s: declared size %d bytes, but more than the %s cap served", what, d.Digest, d.Size, capString(limit))
 	}
 	return b, nil
+}
+
+// readConfigBlob reads a config of the size d declares, which is within
+// maxConfigSize: memory is bounded by the declared size, not the cap.
+func readConfigBlob(r io.Reader, d v1.Descriptor) ([]byte, error) {
+	return readCapped(r, "config", d, d.Size)
 }
 
 func sizeWord(n, want int64) string {
@@ -271,26 +159,6 @@ func checkDescriptor(what string, d v1.Descriptor, limit int64) error {
 
 func isHex64(s string) bool {
 	return len(s) == 64 && strings.Trim(s, "0123456789abcdef") == ""
-}
-
-// registryError rewrites the registry failures a user can act on into one
-// line that says what to do.
-func registryError(r name.Reference, err error) error {
-	var terr *transport.Error
-	if errors.As(err, &terr) {
-		switch terr.StatusCode {
-		case http.StatusUnauthorized, http.StatusForbidden:
-			return fmt.Errorf("pull %s: %w; if the repository is private, log in with `docker login %s` (banger reads Docker's credentials)", r, err, r.Context().RegistryStr())
-		case http.StatusNotFound:
-			return fmt.Errorf("pull %s: %w; check the repository and tag exist", r, err)
-		}
-		return fmt.Errorf("pull %s: %w", r, err)
-	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, ErrStalled) || errors.Is(err, ErrRedirect) || errors.Is(err, ErrTooLarge) {
-		return fmt.Errorf("pull %s: %w", r, err)
-	}
-	return errorf(ErrUnreachable, "pull %s: %w; check the registry address and your network", r, err)
 }
 
 // normalizeName is the short form users type: Docker Hub's registry and

@@ -259,9 +259,13 @@ type Stage struct {
 // Begin starts an image: it creates a temp directory in the store, which
 // listings skip and which a crash leaves for a later Begin to remove. The
 // caller writes rootfs.tar into stage.Dir(), then calls Commit or Abort.
+//
+// Begin creates the store directory but nothing else in it: a pull that
+// fails leaves the store as it found it, and a store in the previous
+// format is migrated by Commit.
 func (s *Store) Begin(ctx context.Context) (*Stage, error) {
-	if err := s.create(ctx); err != nil {
-		return nil, err
+	if err := os.MkdirAll(s.dir, dirPerm); err != nil {
+		return nil, fmt.Errorf("creating image store: %w", err)
 	}
 	s.removeAbandoned()
 	suffix := randomSuffix()
@@ -322,6 +326,9 @@ func (st *Stage) Commit(ctx context.Context, img Image) (Image, error) {
 	}
 	img.Size = info.Size()
 	if err := ctx.Err(); err != nil {
+		return Image{}, err
+	}
+	if err := s.create(ctx); err != nil {
 		return Image{}, err
 	}
 	// Publishing and naming hold the store lock, briefly, so that two pulls

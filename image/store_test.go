@@ -451,3 +451,49 @@ func TestStoreRootfsAbsolute(t *testing.T) {
 		})
 	}
 }
+
+// TestStoreLookup: a lookup says whether it matched a name or an ID, and a
+// string that is one image's ID and another's name (a store written before
+// such names were refused) matches neither, in Get and in Remove.
+func TestStoreLookup(t *testing.T) {
+	s := NewStore(filepath.Join(t.TempDir(), "images"))
+	a := addImage(t, s, "a:1", "a", t0)
+	// An old image named after a's ID, as ValidateName now refuses.
+	shadow := addImage(t, s, a.ID, "s", t0)
+	b := addImage(t, s, "b:1", "b", t0)
+	tests := []struct {
+		in        string
+		wantID    string
+		wantMatch Match
+		wantErr   error
+	}{
+		{"a:1", a.ID, MatchName, nil},
+		{b.ID, b.ID, MatchID, nil},
+		{shadow.ID, shadow.ID, MatchID, nil},
+		{a.ID, "", 0, ErrInvalidReference},
+		{"nope:1", "", 0, ErrNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			img, m, err := s.Lookup(t.Context(), tt.in)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Errorf("Lookup(%q) = %s, %v, %v, want %v", tt.in, img.ID, m, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || img.ID != tt.wantID || m != tt.wantMatch {
+				t.Errorf("Lookup(%q) = %s, %v, %v, want %s by %v", tt.in, img.ID, m, err, tt.wantID, tt.wantMatch)
+			}
+		})
+	}
+	t.Run("Remove of an ambiguous name removes nothing", func(t *testing.T) {
+		removed, err := s.Remove(t.Context(), false, "b:1", a.ID)
+		if !errors.Is(err, ErrInvalidReference) || len(removed) != 0 {
+			t.Errorf("Remove(b:1, %s) = %d removed, %v; want none removed and ErrInvalidReference", a.ID, len(removed), err)
+		}
+		if all, _ := s.List(t.Context()); len(all) != 3 {
+			t.Errorf("after the refused Remove, List() has %d images, want 3", len(all))
+		}
+	})
+}
