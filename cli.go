@@ -426,7 +426,11 @@ Example:
 		Flags: withFlags(pathFlags(), lockFlags(), []cli.Flag{
 			&cli.StringFlag{Name: "name", Usage: "store the image under `NAME` (default: the reference, normalized, e.g. alpine:3.20)"},
 			&cli.StringFlag{Name: "platform", Usage: "pick `OS/ARCH[/VARIANT]` from a multi-platform image (default: linux/" + goarch() + ")"},
-			&cli.BoolFlag{Name: "insecure", Usage: "allow plain HTTP to a registry other than localhost/127.0.0.1"},
+			&cli.BoolFlag{Name: "insecure", Usage: "allow plain HTTP to a registry other than localhost/127.0.0.1, and skip certificate verification (both of --tls-verify=false and plain HTTP)"},
+			&cli.BoolFlag{Name: "tls-verify", Value: true, Usage: "verify registries' TLS certificates; --tls-verify=false skips it for HTTPS (plain HTTP still needs --insecure or insecure = true in registries.conf)"},
+			&cli.StringFlag{Name: "registries-conf", Usage: "read registry mirrors, rewrites and blocks from `FILE` alone (default: $CONTAINERS_REGISTRIES_CONF, ~/.config/containers/registries.conf, /etc/containers/registries.conf, with registries.conf.d/*.conf)"},
+			&cli.StringFlag{Name: "authfile", Usage: "read registry credentials from `FILE` first (default: $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json; then ~/.config/containers/auth.json and Docker's config)"},
+			&cli.StringFlag{Name: "cert-dir", Usage: "use the *.crt CAs and *.cert/*.key client certificate in `DIR` for every registry (default: /etc/containers/certs.d/HOST, ~/.config/containers/certs.d/HOST, /etc/docker/certs.d/HOST)"},
 			&cli.IntFlag{Name: "jobs", Value: image.DefaultJobs, Usage: "fetch at most `N` blobs at once, top layer first: flattening starts as soon as the top layer is in"},
 			&cli.DurationFlag{Name: "timeout", Usage: "give up the pull after `DURATION` (exit 1); 0 means no limit"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the image name on stdout, and no progress on stderr (like docker pull -q)"},
@@ -448,6 +452,12 @@ Example:
 				Platform: c.String("platform"),
 				Insecure: c.Bool("insecure"),
 				Jobs:     c.Int("jobs"),
+
+				SkipTLSVerify:  !c.Bool("tls-verify"),
+				RegistriesConf: c.String("registries-conf"),
+				AuthFile:       c.String("authfile"),
+				CertDir:        c.String("cert-dir"),
+				Notice:         func(msg string) { fmt.Fprintf(c.App.ErrWriter, "banger: %s\n", msg) },
 			}
 			var bar *progressLine
 			switch {

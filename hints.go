@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 
 	"github.com/banger/banger/cache"
@@ -34,6 +35,14 @@ func hint(err error) string {
 	case errors.Is(err, cache.ErrDamaged):
 		return "run `banger image cache prune` to start afresh"
 	// end of cache
+	// registries (issue 14)
+	case errors.As(err, new(*image.CertificateError)):
+		var cerr *image.CertificateError
+		errors.As(err, &cerr)
+		return fmt.Sprintf("trust the registry's CA: put it in /etc/containers/certs.d/%s/ca.crt (or ~/.config/containers/certs.d/%s/), or pass --cert-dir DIR with DIR/ca.crt; --tls-verify=false skips verification altogether", cerr.Host, cerr.Host)
+	case errors.Is(err, image.ErrBlocked):
+		return "remove blocked = true from that table, or pull from a registry it does not cover"
+	// end of registries
 	case errors.Is(err, fs.ErrPermission):
 		return "it belongs to another user: run banger as its owner (root for /var/cache/banger and /var/lib/banger), or choose your own with --cache-dir/--data-dir"
 	// image: keep these cases together, at the bottom.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strconv"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -37,6 +38,84 @@ func openLayout(dir string) (*layoutDir, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// resolve finds the image tagged tag (any, if there is one image) for
+// platform.
+func (l *layoutDir) resolve(ctx context.Context, arg, tag string, platform v1.Platform) (*source, error) {
+	im, err := l.index()
+	if err != nil {
+		return nil, err
+	}
+	// An exact ref.name wins; "3.20" also finds "docker.io/library/alpine:3.20"
+	// when nothing is tagged "3.20" itself.
+	var match, suffixMatch []v1.Descriptor
+	var tags []string
+	for _, d := range im.Manifests {
+		refName := d.Annotations[refNameAnnotation]
+		tags = append(tags, refName)
+		switch {
+		case tag == "" || refName == tag:
+			match = append(match, d)
+		case strings.HasSuffix(refName, ":"+tag):
+			suffixMatch = append(suffixMatch, d)
+		}
+	}
+	if len(match) == 0 {
+		match = suffixMatch
+	}
+	dir := l.dir
+	if len(match) != 1 {
+		what := fmt.Sprintf("no image tagged %q", tag)
+		if tag == "" {
+			what = fmt.Sprintf("%d images and no tag given", len(match))
+		}
+		return nil, errorf(ErrInvalidReference, "OCI layout %s has %s; pick one with oci:%s:TAG, available tags: %s", dir, what, dir, strings.Join(showTags(nonEmpty(tags)), ", "))
+	}
+	d := match[0]
+	src := &source{kind: fromLayout, manifestDigest: d.Digest, readConfig: l.readConfig, openBlob: l.openBlob, close: func() { l.root.Close() }}
+	src.name = layoutName(dir, tag, d.Annotations[refNameAnnotation])
+	switch {
+	case d.MediaType.IsIndex():
+		raw, err := l.readBlob("index", d, maxManifestSize)
+		if err != nil {
+			return nil, err
+		}
+		// The image is checked against the digest this index lists:
+		// check the index itself first.
+		if got := sha256Hex(raw); got != d.Digest.Hex {
+			return nil, fmt.Errorf("OCI layout %s: index content is sha256:%s, index.json says %s; the layout is corrupt", dir, got, d.Digest)
+		}
+		child, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+		if err != nil {
+			return nil, fmt.Errorf("OCI layout %s: parsing index %s: %w", dir, d.Digest, err)
+		}
+		src.img, src.manifestDigest, err = pickPlatform(child, platform, "oci:"+arg, l.image)
+		if err != nil {
+			return nil, err
+		}
+		src.picked = true
+	case d.MediaType.IsImage():
+		if src.img, err = l.image(d); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, errorf(ErrUnsupported, "OCI layout %s: unsupported media type %s: not a container image or image index", dir, d.MediaType)
+	}
+	return src, nil
+}
+
+// showTags lists plain tags as they are and quotes odd ones (spaces,
+// commas, control characters), which come from a layout's annotations.
+func showTags(tags []string) []string {
+	out := make([]string, len(tags))
+	for i, t := range tags {
+		out[i] = t
+		if Escape(t) != t || strings.ContainsAny(t, " ,\"\\") {
+			out[i] = strconv.Quote(t)
+		}
+	}
+	return out
 }
 
 // open opens name in the layout for reading and checks that it is a

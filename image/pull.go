@@ -50,8 +50,33 @@ type PullOptions struct {
 	// Platform is "os/arch[/variant]"; empty means linux/GOARCH. (ggcr's own
 	// default is linux/amd64 whatever the host, so banger always passes one.)
 	Platform string
-	// Insecure allows plain HTTP to registries other than localhost.
+	// Insecure allows plain HTTP to registries other than localhost, and
+	// skips certificate verification (--insecure: both of plain HTTP and
+	// --tls-verify=false, as before the two were split).
 	Insecure bool
+	// SkipTLSVerify is --tls-verify=false: HTTPS without checking the
+	// registry's certificate. Plain HTTP still needs Insecure, an
+	// insecure = true registries.conf table, or localhost.
+	SkipTLSVerify bool
+	// RegistriesConf is --registries-conf: read only this file instead of
+	// registries.conf's usual places (see ResolveRegistries).
+	RegistriesConf string
+	// AuthFile is --authfile, the first credentials file (see AuthFiles).
+	AuthFile string
+	// CertDir is --cert-dir, the certificates for every registry of the
+	// pull instead of the certs.d directories (see ResolveCerts).
+	CertDir string
+	// Getenv reads the environment for registries.conf, credentials and
+	// certificates; nil means os.Getenv.
+	Getenv func(string) string
+	// Notice, if set, is called with one line when a mirror fails and
+	// the pull moves on to the next endpoint.
+	Notice func(msg string)
+	// Stdin is what docker-archive:- reads; nil means os.Stdin.
+	Stdin io.Reader
+	// spoolDir is where archives read from Stdin or gzip are spooled:
+	// the cache's tmp dir.
+	spoolDir string
 	// Jobs bounds parallel blob fetches; 0 means DefaultJobs.
 	Jobs int
 	// Transport replaces the HTTP transport for registry requests.
@@ -119,6 +144,7 @@ func pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 	// downloads when one layer fails.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	opts.spoolDir = c.Paths().Tmp
 	src, err := resolve(ctx, ref, platform, opts)
 	if err != nil {
 		return Image{}, err
@@ -301,13 +327,9 @@ func readMetadata(ctx context.Context, src *source, ref string) (*metadata, erro
 		if err != nil {
 			return nil, fmt.Errorf("pull %s: listing layers: %w", ref, err)
 		}
-		if len(layers) == len(cfg.RootFS.DiffIDs) {
-			meta.layers = make([]v1.Descriptor, len(layers))
-			for i, d := range cfg.RootFS.DiffIDs {
-				meta.layers[i] = v1.Descriptor{Digest: d, Size: -1}
-			}
-		} else {
-			meta.layers = make([]v1.Descriptor, len(layers))
+		meta.layers = make([]v1.Descriptor, len(layers))
+		for i := range min(len(layers), len(cfg.RootFS.DiffIDs)) {
+			meta.layers[i] = v1.Descriptor{Digest: cfg.RootFS.DiffIDs[i], Size: -1}
 		}
 	}
 	if len(cfg.RootFS.DiffIDs) != len(meta.layers) {

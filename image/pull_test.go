@@ -740,8 +740,8 @@ func TestPullRejects(t *testing.T) {
 				return ref
 			},
 			// Short, so the test is quick: how long is not what it checks.
-			opts:    PullOptions{StallTimeout: 100 * time.Millisecond},
-			wantErr: []string{"reading image config", "sent nothing for 100ms (a stalled connection is not retried)"},
+			opts:    PullOptions{StallTimeout: 500 * time.Millisecond},
+			wantErr: []string{"sent nothing for 500ms (a stalled connection is not retried)"},
 		},
 		{
 			name: "manifest never answered",
@@ -750,8 +750,8 @@ func TestPullRejects(t *testing.T) {
 				pushImage(t, ref, testImage(t, linuxAMD64, gzipped(t)...))
 				return ref
 			},
-			opts:    PullOptions{StallTimeout: 100 * time.Millisecond},
-			wantErr: []string{"sent nothing for 100ms"},
+			opts:    PullOptions{StallTimeout: 500 * time.Millisecond},
+			wantErr: []string{"sent nothing for 500ms (a stalled connection is not retried)"},
 		},
 	}
 	for _, tt := range tests {

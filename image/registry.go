@@ -15,7 +15,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
@@ -35,24 +34,24 @@ func resolveRegistry(ctx context.Context, ref string, platform v1.Platform, opts
 	if err != nil {
 		return nil, errorf(ErrInvalidReference, "parsing reference %q: %v; expected e.g. alpine:3.20, 127.0.0.1:5000/x:y, oci:DIR[:TAG] or docker-archive:FILE[:REF]", ref, err)
 	}
-	base := opts.Transport
-	if base == nil {
-		base = remote.DefaultTransport
-	}
-	reg, err := newRegistryRepo(ctx, r.Context(), newGuardTransport(base, opts.StallTimeout))
+	// registries.conf may send the pull to mirrors first, or elsewhere;
+	// the image keeps the name the user asked for.
+	eps, err := registryEndpoints(ctx, ref, opts)
 	if err != nil {
-		return nil, registryError(r, err)
+		return nil, err
 	}
-	raw, mediaType, err := reg.manifest(ctx, r.Identifier())
+	blobs, raw, mediaType, err := fetchManifest(ctx, eps, opts.Notice)
 	if err != nil {
-		return nil, registryError(r, err)
+		return nil, registryError(eps[blobs.served].ref, err, ref)
 	}
+	reg := blobs.repos[blobs.served]
 	src := &source{
 		kind:       fromRegistry,
 		name:       normalizeName(r),
-		readConfig: reg.readConfig,
-		openBlob:   reg.open,
+		readConfig: blobs.readConfig,
+		openBlob:   blobs.open,
 		close:      func() {},
+		served:     eps[blobs.served].ref.String(),
 	}
 	var asked v1.Hash
 	if d, ok := r.(name.Digest); ok {
@@ -72,7 +71,7 @@ func resolveRegistry(ctx context.Context, ref string, platform v1.Platform, opts
 		src.img, src.manifestDigest, err = pickPlatform(im, platform, ref, func(d v1.Descriptor) (v1.Image, error) {
 			raw, mt, err := reg.manifest(ctx, d.Digest.String())
 			if err != nil {
-				return nil, registryError(r, err)
+				return nil, registryError(r, err, ref)
 			}
 			return reg.image(raw, mt)
 		})
@@ -105,11 +104,7 @@ type registryRepo struct {
 	manifests *http.Client
 }
 
-func newRegistryRepo(ctx context.Context, repo name.Repository, guarded http.RoundTripper) (*registryRepo, error) {
-	auth, err := authn.Resolve(ctx, authn.DefaultKeychain, repo)
-	if err != nil {
-		return nil, err
-	}
+func newRegistryRepo(ctx context.Context, repo name.Repository, guarded http.RoundTripper, auth authn.Authenticator) (*registryRepo, error) {
 	tr, err := transport.NewWithContext(ctx, repo.Registry, auth, transport.NewUserAgent(guarded, "banger"), []string{repo.Scope(transport.PullScope)})
 	if err != nil {
 		return nil, err
@@ -237,13 +232,19 @@ func (l *blobLayer) Compressed() (io.ReadCloser, error)  { return l.open(l.desc)
 
 // registryError rewrites the registry failures a user can act on into one
 // line that says what to do.
-func registryError(r name.Reference, err error) error {
+func registryError(r name.Reference, err error, asked string) error {
+	if errors.Is(err, ErrCertificate) {
+		return fmt.Errorf("pull %s: %w", r, err)
+	}
 	var terr *transport.Error
 	if errors.As(err, &terr) {
 		switch terr.StatusCode {
 		case http.StatusUnauthorized, http.StatusForbidden:
-			return fmt.Errorf("pull %s: %w; if the repository is private, log in with `docker login %s` (banger reads Docker's credentials)", r, err, r.Context().RegistryStr())
+			return fmt.Errorf("pull %s: %w; if the repository is private, log in with `podman login %s` or `docker login %s` (banger reads containers auth.json and Docker's credentials)", r, err, r.Context().RegistryStr(), r.Context().RegistryStr())
 		case http.StatusNotFound:
+			if isShortName(asked) {
+				return fmt.Errorf("pull %s: %w; short names are Docker Hub's (banger does not search unqualified-search-registries): check the name, or write the registry, as in quay.io/%s", r, err, asked)
+			}
 			return fmt.Errorf("pull %s: %w; check the repository and tag exist", r, err)
 		}
 		return fmt.Errorf("pull %s: %w", r, err)
@@ -253,4 +254,11 @@ func registryError(r name.Reference, err error) error {
 		return fmt.Errorf("pull %s: %w", r, err)
 	}
 	return errorf(ErrUnreachable, "pull %s: %w; check the registry address and your network", r, err)
+}
+
+// isShortName says whether ref names no registry, so that Docker Hub was
+// assumed: its first component has no dot or colon and is not localhost.
+func isShortName(ref string) bool {
+	first, _, ok := strings.Cut(ref, "/")
+	return !ok || (!strings.ContainsAny(first, ".:") && first != "localhost")
 }

@@ -1,14 +1,12 @@
 package image
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -71,6 +69,9 @@ type source struct {
 	openBlob func(ctx context.Context, d v1.Descriptor) (io.ReadCloser, error)
 	// close releases what the source holds open (a layout's directory).
 	close func()
+	// served is the reference at the endpoint that served a registry
+	// image (a mirror's, or the primary's as registries.conf rewrote it).
+	served string
 }
 
 // resolve turns a reference into an image:
@@ -84,9 +85,11 @@ func resolve(ctx context.Context, ref string, platform v1.Platform, opts PullOpt
 	case hasPrefix && transportName == "oci":
 		return resolveLayout(ctx, rest, platform)
 	case hasPrefix && transportName == "docker-archive":
-		return resolveArchive(rest)
-	case hasPrefix && isTransportLike(transportName, rest):
-		return nil, errorf(ErrInvalidReference, "unknown transport %q in %q; use a registry reference, oci:DIR[:TAG] or docker-archive:FILE[:REF]", transportName, ref)
+		return resolveArchiveInput(rest, opts)
+	case hasPrefix && transportName == "oci-archive":
+		return resolveOCIArchive(ctx, rest, platform, opts)
+	case hasPrefix && (otherTransports[transportName] != "" || isTransportLike(transportName, rest)):
+		return nil, refuseTransport(transportName, ref)
 	}
 	return resolveRegistry(ctx, ref, platform, opts)
 }
@@ -131,13 +134,6 @@ func readCapped(r io.Reader, what string, d v1.Descriptor, limit int64) ([]byte,
 // maxConfigSize: memory is bounded by the declared size, not the cap.
 func readConfigBlob(r io.Reader, d v1.Descriptor) ([]byte, error) {
 	return readCapped(r, "config", d, d.Size)
-}
-
-func sizeWord(n, want int64) string {
-	if n > want {
-		return "more than " + strconv.FormatInt(want, 10)
-	}
-	return strconv.FormatInt(n, 10)
 }
 
 // checkDescriptor refuses a descriptor before anything it names is read: a
@@ -224,82 +220,6 @@ func resolveLayout(ctx context.Context, arg string, platform v1.Platform) (*sour
 	return src, nil
 }
 
-func (l *layoutDir) resolve(ctx context.Context, arg, tag string, platform v1.Platform) (*source, error) {
-	im, err := l.index()
-	if err != nil {
-		return nil, err
-	}
-	// An exact ref.name wins; "3.20" also finds "docker.io/library/alpine:3.20"
-	// when nothing is tagged "3.20" itself.
-	var match, suffixMatch []v1.Descriptor
-	var tags []string
-	for _, d := range im.Manifests {
-		refName := d.Annotations[refNameAnnotation]
-		tags = append(tags, refName)
-		switch {
-		case tag == "" || refName == tag:
-			match = append(match, d)
-		case strings.HasSuffix(refName, ":"+tag):
-			suffixMatch = append(suffixMatch, d)
-		}
-	}
-	if len(match) == 0 {
-		match = suffixMatch
-	}
-	dir := l.dir
-	if len(match) != 1 {
-		what := fmt.Sprintf("no image tagged %q", tag)
-		if tag == "" {
-			what = fmt.Sprintf("%d images and no tag given", len(match))
-		}
-		return nil, errorf(ErrInvalidReference, "OCI layout %s has %s; pick one with oci:%s:TAG, available tags: %s", dir, what, dir, strings.Join(showTags(nonEmpty(tags)), ", "))
-	}
-	d := match[0]
-	src := &source{kind: fromLayout, manifestDigest: d.Digest, readConfig: l.readConfig, openBlob: l.openBlob, close: func() { l.root.Close() }}
-	src.name = layoutName(dir, tag, d.Annotations[refNameAnnotation])
-	switch {
-	case d.MediaType.IsIndex():
-		raw, err := l.readBlob("index", d, maxManifestSize)
-		if err != nil {
-			return nil, err
-		}
-		// The image is checked against the digest this index lists:
-		// check the index itself first.
-		if got := sha256Hex(raw); got != d.Digest.Hex {
-			return nil, fmt.Errorf("OCI layout %s: index content is sha256:%s, index.json says %s; the layout is corrupt", dir, got, d.Digest)
-		}
-		child, err := v1.ParseIndexManifest(bytes.NewReader(raw))
-		if err != nil {
-			return nil, fmt.Errorf("OCI layout %s: parsing index %s: %w", dir, d.Digest, err)
-		}
-		src.img, src.manifestDigest, err = pickPlatform(child, platform, "oci:"+arg, l.image)
-		if err != nil {
-			return nil, err
-		}
-		src.picked = true
-	case d.MediaType.IsImage():
-		if src.img, err = l.image(d); err != nil {
-			return nil, err
-		}
-	default:
-		return nil, errorf(ErrUnsupported, "OCI layout %s: unsupported media type %s: not a container image or image index", dir, d.MediaType)
-	}
-	return src, nil
-}
-
-// showTags lists plain tags as they are and quotes odd ones (spaces,
-// commas, control characters), which come from a layout's annotations.
-func showTags(tags []string) []string {
-	out := make([]string, len(tags))
-	for i, t := range tags {
-		out[i] = t
-		if Escape(t) != t || strings.ContainsAny(t, " ,\"\\") {
-			out[i] = strconv.Quote(t)
-		}
-	}
-	return out
-}
-
 // layoutName names an image from a layout: its ref.name annotation when that
 // is a full reference, else the directory's name and the tag.
 func layoutName(dir, tag, refName string) string {
@@ -338,6 +258,13 @@ func resolveArchive(arg string) (*source, error) {
 		}
 		tag = &t
 	}
+	entries, err := readArchiveEntries(file)
+	if err != nil {
+		return nil, fmt.Errorf("reading docker archive %s: %w; expected a tar file written by `docker save`", file, err)
+	}
+	if size, ok := entries.sizeOf("manifest.json"); ok && size > maxManifestSize {
+		return nil, errorf(ErrTooLarge, "docker archive %s: manifest.json: size %d bytes is over the %s cap", file, size, capString(maxManifestSize))
+	}
 	m, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return os.Open(file) })
 	if err != nil {
 		return nil, fmt.Errorf("reading docker archive %s: %w; expected a tar file written by `docker save`", file, err)
@@ -361,6 +288,10 @@ func resolveArchive(arg string) (*source, error) {
 		desc = &m[0]
 	case desc == nil:
 		return nil, errorf(ErrInvalidReference, "docker archive %s has no image tagged %s; available: %s", file, ref, strings.Join(nonEmpty(all), ", "))
+	}
+	// ggcr reads the config whole as it opens the image.
+	if size, ok := entries.sizeOf(desc.Config); ok && size > maxConfigSize {
+		return nil, errorf(ErrTooLarge, "docker archive %s: config %s: size %d bytes is over the %s cap", file, desc.Config, size, capString(maxConfigSize))
 	}
 	img, err := tarball.ImageFromPath(file, tag)
 	if err != nil {

@@ -135,7 +135,7 @@ func (b *guardBody) Read(p []byte) (int, error) {
 	}
 	b.read += int64(n)
 	if b.limit > 0 && b.read > b.limit {
-		return n, errorf(ErrTooLarge, "manifest %s: more than the %s cap", strconv.Quote(b.path), capString(b.limit))
+		return n, errorf(ErrTooLarge, "manifest %s: no declared size, and more than the %s cap served", strconv.Quote(b.path), capString(b.limit))
 	}
 	return n, err
 }
