@@ -270,6 +270,10 @@ func TestHostileInput(t *testing.T) {
 			}
 			os.WriteFile(b, data, 0o644)
 		}
+		// A stored image would be found up to date, or named again,
+		// without reading a blob (issue 13): remove it so the pull reads
+		// the cache.
+		e.run("image", "prune", "--all")
 		servedBefore := reg.served.Load()
 		var stderr bytes.Buffer
 		cmd := e.cmd("image", "pull", "-q", "--name", "refetched", reg.host+"/app:1")

@@ -150,6 +150,17 @@ func pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 		return Image{}, err
 	}
 	defer src.close()
+	name := src.name
+	if opts.Name != "" {
+		name = opts.Name
+	} else if err := checkDerivedName(src.name); err != nil {
+		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	// A name already holding this manifest is up to date: no blob is
+	// requested (not even the config) and nothing is flattened.
+	if img, ok, err := upToDate(ctx, s, src, name, opts, platform); err != nil || ok {
+		return img, err
+	}
 	meta, err := readMetadata(ctx, src, ref)
 	if err != nil {
 		return Image{}, err
@@ -165,14 +176,13 @@ func pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 			return Image{}, errorf(ErrInvalidPlatform, "%s is a single-platform image for %s, not %s", ref, platformString(has), platformString(platform))
 		}
 	}
-	meta.image.Name = src.name
-	if opts.Name != "" {
-		meta.image.Name = opts.Name
-	} else if err := checkDerivedName(src.name); err != nil {
-		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
-	}
+	meta.image.Name = name
 	meta.image.Reference = ref
 	meta.image.PulledAt = opts.Now()
+	// The image may be in the store under another name: name it too.
+	if img, ok, err := s.Link(ctx, meta.image); err != nil || ok {
+		return img, err
+	}
 
 	// Flattening reads the layers top-down and starts as soon as the top
 	// layer is in the cache, while the layers below are still fetched.
@@ -180,9 +190,7 @@ func pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 	if err != nil {
 		return Image{}, err
 	}
-	img, addErr := s.add(ctx, meta.image, func(dir string) error {
-		return writeRootfs(ctx, dir, fetches.file, meta.diffIDs)
-	})
+	img, addErr := flattenInto(ctx, s, meta, fetches)
 	if addErr != nil {
 		cancel() // flattening failed: stop the fetches still running
 	}
@@ -194,6 +202,47 @@ func pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 		return Image{}, fmt.Errorf("pull %s: %w", meta.image.Reference, err)
 	}
 	return img, addErr
+}
+
+// flattenInto writes the image's rootfs into a store stage and commits it.
+func flattenInto(ctx context.Context, s *Store, meta *metadata, f *fetches) (Image, error) {
+	stage, err := s.Begin(ctx)
+	if err != nil {
+		return Image{}, err
+	}
+	defer stage.Abort()
+	if err := writeRootfs(ctx, stage.Dir(), f.file, meta.diffIDs); err != nil {
+		return Image{}, fmt.Errorf("pull %s: %w", meta.image.Reference, err)
+	}
+	return stage.Commit(ctx, meta.image)
+}
+
+// upToDate reports whether name already holds the manifest src resolved
+// to. A platform asked of a single-platform image must still match what is
+// stored (a pull of it would check the config).
+func upToDate(ctx context.Context, s *Store, src *source, name string, opts PullOptions, platform v1.Platform) (Image, bool, error) {
+	if !src.kind.hasManifest() {
+		return Image{}, false, nil
+	}
+	raw, err := src.img.RawManifest()
+	if err != nil {
+		return Image{}, false, nil // readMetadata reports it
+	}
+	digest := v1.Hash{Algorithm: "sha256", Hex: sha256Hex(raw)}
+	if src.manifestDigest != (v1.Hash{}) && src.manifestDigest != digest {
+		return Image{}, false, nil // readMetadata reports it
+	}
+	img, ok, err := s.UpToDate(ctx, name, digest.String())
+	if err != nil || !ok {
+		return Image{}, false, err
+	}
+	if opts.Platform != "" && !src.picked {
+		if has, err := ParsePlatform(img.Platform); err != nil || has.OS != platform.OS || has.Architecture != platform.Architecture ||
+			platform.Variant != "" && has.Variant != platform.Variant {
+			return Image{}, false, nil
+		}
+	}
+	return img, true, nil
 }
 
 type metadata struct {
@@ -300,6 +349,7 @@ func readMetadata(ctx context.Context, src *source, ref string) (*metadata, erro
 	meta.image.Cmd = cfg.Config.Cmd
 	meta.image.WorkingDir = cfg.Config.WorkingDir
 	meta.image.User = cfg.Config.User
+	fillInspect(&meta.image, cfg, meta.layers)
 	return meta, nil
 }
 
@@ -536,7 +586,7 @@ func retryable(err error) bool {
 // writeRootfs flattens the layers into dir/rootfs.tar; layer(ctx, i) waits
 // for layer i's blob and returns it with the function that closes it.
 func writeRootfs(ctx context.Context, dir string, layer func(context.Context, int) (*os.File, func(), error), diffIDs []v1.Hash) error {
-	out, err := os.OpenFile(filepath.Join(dir, rootfsName), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	out, err := os.OpenFile(filepath.Join(dir, rootfsName), os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
 	if err != nil {
 		return err
 	}
