@@ -290,8 +290,14 @@ location = %q
 			t.Errorf("the mirror's storage does not hold layer %s", d)
 		}
 	}
-	if log := mirror.log(t); !strings.Contains(log, "/v2/app/manifests/2") {
+	log := mirror.log(t)
+	if !strings.Contains(log, "/v2/app/manifests/2") {
 		t.Errorf("the mirror's log shows no manifest request:\n%s", log)
+	}
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "/v2/app/") && !strings.Contains(line, "level=") {
+			t.Logf("mirror access log: %s", line) // what the operator sees
+		}
 	}
 
 	// The mirror goes down: a pull with a fresh cache falls back to the
