@@ -290,8 +290,14 @@ location = %q
 			t.Errorf("the mirror's storage does not hold layer %s", d)
 		}
 	}
-	if log := mirror.log(t); !strings.Contains(log, "/v2/app/manifests/2") {
+	log := mirror.log(t)
+	if !strings.Contains(log, "/v2/app/manifests/2") {
 		t.Errorf("the mirror's log shows no manifest request:\n%s", log)
+	}
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "/v2/app/") && !strings.Contains(line, "level=") {
+			t.Logf("mirror access log: %s", line) // what the operator sees
+		}
 	}
 
 	// The mirror goes down: a pull with a fresh cache falls back to the
@@ -470,10 +476,13 @@ func TestFleetPrivateCA(t *testing.T) {
 	e.write("home/.config/containers/certs.d/"+reg.host+"/ca.crt", string(caPEM))
 	e.mustPull("-q", ref)
 
-	// --tls-verify=false, after the operand, without any CA.
+	// --tls-verify=false, after the operand, without any CA; and
+	// --insecure, which still does both.
 	os.RemoveAll(filepath.Join(e.home, ".config"))
 	e.freshCache()
 	e.mustPull("-q", ref, "--tls-verify=false")
+	e.freshCache()
+	e.mustPull("-q", "--insecure", ref)
 }
 
 // TestFleetCredentials pulls from a Distribution that requires basic auth,
@@ -531,6 +540,15 @@ func TestFleetCredentials(t *testing.T) {
 			}
 		})
 	}
+	t.Run("credential helper", func(t *testing.T) {
+		e := newFleetEnv(t)
+		// docker-credential-fleet answers `get` as the helper protocol says.
+		e.write("bin/docker-credential-fleet", "#!/bin/sh\nread server\n[ \"$1\" = get ] && [ \"$server\" = "+reg.host+" ] && echo '{\"ServerURL\":\"'$server'\",\"Username\":\"fleet\",\"Secret\":\"s3cret\"}'\n")
+		os.Chmod(filepath.Join(e.dir, "bin/docker-credential-fleet"), 0o755)
+		e.setenv("PATH", filepath.Join(e.dir, "bin")+":"+os.Getenv("PATH"))
+		e.write("home/.docker/config.json", fmt.Sprintf(`{"credHelpers":{%q:"fleet"}}`, reg.host))
+		e.mustPull("-q", ref)
+	})
 	t.Run("~/.docker/config.json", func(t *testing.T) {
 		e := newFleetEnv(t)
 		e.write("home/.docker/config.json", good)

@@ -33,7 +33,7 @@ type CertificateError struct {
 }
 
 func (e *CertificateError) Error() string {
-	msg := strings.TrimRight(e.Err.Error(), "; ")
+	msg := strings.TrimRight(e.Err.Error(), "; \n")
 	if e.Dir != "" {
 		return fmt.Sprintf("%s (with the CAs in %s)", msg, e.Dir)
 	}

@@ -233,28 +233,38 @@ func (l *blobLayer) Compressed() (io.ReadCloser, error)  { return l.open(l.desc)
 // registryError rewrites the registry failures a user can act on into one
 // line that says what to do.
 func registryError(r name.Reference, err error, asked string) error {
+	var label fmt.Stringer = r
+	if NormalizeName(asked) != normalizeName(r) {
+		// registries.conf sent the pull elsewhere: say where.
+		label = endpointRef{asked: asked, at: r.String()}
+	}
 	if errors.Is(err, ErrCertificate) {
-		return fmt.Errorf("pull %s: %w", r, err)
+		return fmt.Errorf("pull %s: %w", label, err)
 	}
 	var terr *transport.Error
 	if errors.As(err, &terr) {
 		switch terr.StatusCode {
 		case http.StatusUnauthorized, http.StatusForbidden:
-			return fmt.Errorf("pull %s: %w; if the repository is private, log in with `podman login %s` or `docker login %s` (banger reads containers auth.json and Docker's credentials)", r, err, r.Context().RegistryStr(), r.Context().RegistryStr())
+			return fmt.Errorf("pull %s: %w; if the repository is private, log in with `podman login %s` or `docker login %s` (banger reads containers auth.json and Docker's credentials)", label, err, r.Context().RegistryStr(), r.Context().RegistryStr())
 		case http.StatusNotFound:
 			if isShortName(asked) {
-				return fmt.Errorf("pull %s: %w; short names are Docker Hub's (banger does not search unqualified-search-registries): check the name, or write the registry, as in quay.io/%s", r, err, asked)
+				return fmt.Errorf("pull %s: %w; short names are Docker Hub's (banger does not search unqualified-search-registries): check the name, or write the registry, as in quay.io/%s", label, err, asked)
 			}
-			return fmt.Errorf("pull %s: %w; check the repository and tag exist", r, err)
+			return fmt.Errorf("pull %s: %w; check the repository and tag exist", label, err)
 		}
-		return fmt.Errorf("pull %s: %w", r, err)
+		return fmt.Errorf("pull %s: %w", label, err)
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
 		errors.Is(err, ErrStalled) || errors.Is(err, ErrRedirect) || errors.Is(err, ErrTooLarge) {
-		return fmt.Errorf("pull %s: %w", r, err)
+		return fmt.Errorf("pull %s: %w", label, err)
 	}
-	return errorf(ErrUnreachable, "pull %s: %w; check the registry address and your network", r, err)
+	return errorf(ErrUnreachable, "pull %s: %w; check the registry address and your network", label, err)
 }
+
+// endpointRef names a reference as asked and where it was pulled from.
+type endpointRef struct{ asked, at string }
+
+func (e endpointRef) String() string { return e.asked + " (from " + e.at + ")" }
 
 // isShortName says whether ref names no registry, so that Docker Hub was
 // assumed: its first component has no dot or colon and is not localhost.

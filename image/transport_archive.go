@@ -42,7 +42,7 @@ func refuseTransport(name, ref string) error {
 		return errorf(ErrInvalidReference, "unknown transport %q in %q: write the registry reference without docker://, as in %s; %s", name, ref, strings.TrimPrefix(ref, "docker://"), transportsHelp)
 	}
 	if what, ok := otherTransports[name]; ok {
-		return errorf(ErrInvalidReference, "transport %q in %q is not supported: %s; %s", name, ref, what, transportsHelp)
+		return errorf(ErrInvalidReference, "unknown transport %q in %q (one of skopeo's that banger does not read): %s; %s", name, ref, what, transportsHelp)
 	}
 	return errorf(ErrInvalidReference, "unknown transport %q in %q; %s", name, ref, transportsHelp)
 }
