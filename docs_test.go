@@ -196,3 +196,28 @@ func TestReadmeQuickstart(t *testing.T) {
 		}
 	}
 }
+
+// TestLinuxOnly: banger builds for Linux only, and building it for another
+// system fails with one error that says so, not with a list of undefined
+// system calls (issue 10 §4).
+func TestLinuxOnly(t *testing.T) {
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("go not on PATH")
+	}
+	cmd := exec.Command(gobin, "build", "-o", os.DevNull, ".")
+	cmd.Env = append(os.Environ(), "GOOS=darwin", "GOARCH=arm64", "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatal("GOOS=darwin go build succeeded, want it to fail")
+	}
+	var errs []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if !strings.HasPrefix(line, "#") {
+			errs = append(errs, line)
+		}
+	}
+	if len(errs) != 1 || !strings.Contains(errs[0], "banger_builds_only_for_linux") {
+		t.Errorf("GOOS=darwin go build printed %q, want one error naming banger_builds_only_for_linux", out)
+	}
+}

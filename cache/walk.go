@@ -199,7 +199,7 @@ func (w *walker) dir(parentfd int, name, rel string) (err error) {
 			if err := w.failed(); err != nil {
 				return err
 			}
-			n, err := unix.Getdents(fd, w.buf)
+			n, err := getdents(fd, w.buf)
 			if err != nil {
 				// ENOENT: a racing prune of the same leftover removed it.
 				if err := ignoreGone(err); err != nil {
