@@ -66,7 +66,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	code := exitCode(ctx, err)
 	msg := "interrupted; nothing half-done was kept"
 	if code != exitInterrupted {
-		msg = oneLine(err.Error())
+		msg = image.Escape(oneLine(err.Error()))
 		if h := hint(err); h != "" {
 			msg += "; " + h
 		}
@@ -109,10 +109,35 @@ type stdoutWriter struct {
 	n   int64
 }
 
+// Write escapes control characters other than newline and tab, so that no
+// name, reference or path that a source chose can drive the terminal
+// (image.Escape's rules; JSON output has none: encoding/json escapes them).
 func (s *stdoutWriter) Write(p []byte) (int, error) {
-	n, err := s.w.Write(p)
+	out := p
+	if esc := escapeText(string(p)); esc != string(p) {
+		out = []byte(esc)
+	}
+	n, err := s.w.Write(out)
 	s.n += int64(n)
+	if err == nil && n == len(out) {
+		n = len(p)
+	}
 	return n, err
+}
+
+// escapeText is image.Escape for each run of text between newlines and tabs.
+func escapeText(s string) string {
+	var b strings.Builder
+	start := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\n' || s[i] == '\t' {
+			b.WriteString(image.Escape(s[start:i]))
+			b.WriteByte(s[i])
+			start = i + 1
+		}
+	}
+	b.WriteString(image.Escape(s[start:]))
+	return b.String()
 }
 
 func exitCode(ctx context.Context, err error) int {
@@ -260,8 +285,8 @@ func openCache(c *cli.Context, l layout.Layout) *cache.Cache {
 	return cache.New(l.CacheDir, l.LockFile, cache.Options{
 		Wait:   c.Duration("wait"),
 		NoWait: c.Bool("no-wait"),
-		Notice: func(msg string) { fmt.Fprintf(stderr, "banger: %s\n", msg) },
-		Warn:   func(msg string) { fmt.Fprintf(stderr, "banger: warning: %s\n", msg) },
+		Notice: func(msg string) { fmt.Fprintf(stderr, "banger: %s\n", image.Escape(msg)) },
+		Warn:   func(msg string) { fmt.Fprintf(stderr, "banger: warning: %s\n", image.Escape(msg)) },
 	})
 }
 
@@ -272,7 +297,7 @@ func openStore(c *cli.Context, l layout.Layout) *image.Store {
 	return image.NewStore(l.ImagesDir, image.StoreOptions{
 		Wait:   c.Duration("wait"),
 		NoWait: c.Bool("no-wait"),
-		Notice: func(msg string) { fmt.Fprintf(stderr, "banger: %s\n", msg) },
+		Notice: func(msg string) { fmt.Fprintf(stderr, "banger: %s\n", image.Escape(msg)) },
 	})
 }
 
@@ -457,7 +482,7 @@ Example:
 				RegistriesConf: c.String("registries-conf"),
 				AuthFile:       c.String("authfile"),
 				CertDir:        c.String("cert-dir"),
-				Notice:         func(msg string) { fmt.Fprintf(c.App.ErrWriter, "banger: %s\n", msg) },
+				Notice:         func(msg string) { fmt.Fprintf(c.App.ErrWriter, "banger: %s\n", image.Escape(msg)) },
 			}
 			var bar *progressLine
 			switch {

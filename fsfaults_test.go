@@ -94,7 +94,8 @@ func TestFilesystemFaults(t *testing.T) {
 }
 
 // TestPermissions: even with umask 022, what banger stores is private to
-// its owner (issue 11 §1): directories 0700 and files 0600 in the cache,
+// its owner (issue 11 §1): directories 0700 and files 0600 in the cache and
+// the image store,
 // lock files included, as docker's and podman's storage roots are.
 func TestPermissions(t *testing.T) {
 	host := startRegistry(t)
@@ -104,7 +105,7 @@ func TestPermissions(t *testing.T) {
 	old := syscall.Umask(0o022)
 	defer syscall.Umask(old)
 	e.run("image", "pull", "-q", host+"/app:1")
-	for _, root := range []string{e.cache} {
+	for _, root := range []string{e.cache, e.data} {
 		filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 			if err != nil {
 				t.Error(err)

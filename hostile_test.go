@@ -159,7 +159,7 @@ func TestHostileInput(t *testing.T) {
 	}{
 		{"malformed reference", "", []string{"image", "pull", "Bad Ref!"}, 2, `parsing reference "Bad Ref!"`},
 		{"unknown transport", "", []string{"image", "pull", "frob:/tmp/x"}, 2, `unknown transport "frob"`},
-		{"skopeo transport banger does not read", "", []string{"image", "pull", "dir:/tmp/x"}, 2, `transport "dir" in "dir:/tmp/x" is not supported`},
+		{"skopeo transport banger does not read", "", []string{"image", "pull", "dir:/tmp/x"}, 2, "unknown transport \"dir\" in \"dir:/tmp/x\" \\(one of skopeo's that banger does not read\\): convert it with `skopeo copy"},
 		{"missing OCI layout", "", []string{"image", "pull", "oci:/nonexistent/layout"}, 1, `opening OCI layout /nonexistent/layout`},
 		{"docker-archive not a tar", "", []string{"image", "pull", "docker-archive:" + filepath.Join("testdata", "hello", "index.json")}, 1, `reading docker archive`},
 		{"registry refused", "", []string{"image", "pull", "127.0.0.1:1/x:1"}, 1, `connection refused.*check the registry address`},

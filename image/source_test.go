@@ -311,7 +311,7 @@ func TestResolveUnknownTransport(t *testing.T) {
 	}{
 		{"docker scheme", "docker://alpine", `unknown transport "docker"`},
 		{"unknown", "frob:/tmp/x", `unknown transport "frob"`},
-		{"dir", "dir:/tmp/x", `transport "dir" in "dir:/tmp/x" is not supported: convert it with`},
+		{"dir", "dir:/tmp/x", `unknown transport "dir" in "dir:/tmp/x" (one of skopeo's that banger does not read): convert it with`},
 		{"containers-storage", "containers-storage:alpine:3.20", `export the image with ` + "`podman save"},
 	}
 	for _, tt := range tests {
