@@ -38,7 +38,7 @@ const exitCodesHelp = `EXIT CODES:
    0    success (including nothing to do)
    1    failure
    2    usage error (bad flag, argument, reference or platform)
-   75   cache lock busy, or image store lock busy (--no-wait, or --wait timed out): try again later
+   75   cache or image store lock busy (--no-wait, or --wait timed out): try again later
    130  interrupted`
 
 // errUsage marks command-line mistakes, which exit 2.
