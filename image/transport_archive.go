@@ -102,9 +102,14 @@ func resolveArchiveInput(arg string, opts PullOptions) (*source, error) {
 		what, defaultName = "standard input", "stdin:latest"
 	default:
 		file, r := splitPathRef(arg)
+		// Only a regular file is opened: a FIFO would block the open for
+		// ever. resolveArchive says what is wrong with anything else.
+		if fi, err := os.Stat(file); err != nil || !fi.Mode().IsRegular() {
+			return resolveArchive(arg)
+		}
 		f, err := os.Open(file)
 		if err != nil {
-			return resolveArchive(arg) // which says what is wrong
+			return resolveArchive(arg)
 		}
 		defer f.Close()
 		magic := make([]byte, 2)
@@ -167,14 +172,15 @@ func resolveOCIArchive(ctx context.Context, arg string, platform v1.Platform, op
 	if file == "" {
 		return nil, errorf(ErrInvalidReference, "oci-archive: needs a file, as in oci-archive:FILE[:TAG]")
 	}
+	// Stat before opening: a FIFO would block the open for ever.
+	if fi, err := os.Stat(file); err == nil && !fi.Mode().IsRegular() {
+		return nil, errorf(ErrUnsupported, "OCI archive %s is a %s, not a regular file", file, fileType(fi.Mode()))
+	}
 	f, err := os.Open(file)
 	if err != nil {
 		return nil, fmt.Errorf("opening OCI archive: %w; expected a tar of an OCI layout (skopeo copy … oci-archive:FILE)", err)
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err == nil && !fi.Mode().IsRegular() {
-		return nil, errorf(ErrUnsupported, "OCI archive %s is a %s, not a regular file", file, fileType(fi.Mode()))
-	}
 	dir, err := os.MkdirTemp("", "banger-oci-archive-")
 	if err != nil {
 		return nil, fmt.Errorf("unpacking OCI archive %s: %w", file, err)
