@@ -204,7 +204,6 @@ var dockerHabits = map[string]string{
 	"rmi":     "banger image rm",
 	"prune":   "banger image cache prune",
 	"version": "banger --version",
-	"system":  "banger image cache du",
 }
 
 // unknownCommand explains an unknown command word at the level reached by

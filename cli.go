@@ -38,7 +38,7 @@ const exitCodesHelp = `EXIT CODES:
    0    success (including nothing to do)
    1    failure
    2    usage error (bad flag, argument, reference or platform)
-   75   cache lock busy (--no-wait, or --wait timed out): try again later
+   75   cache or image store lock busy (--no-wait, or --wait timed out): try again later
    130  interrupted`
 
 // errUsage marks command-line mistakes, which exit 2.
@@ -156,6 +156,8 @@ Example:
 			envCommand(),
 			completionCommand(),
 			manCommand(),
+			dfCommand(),
+			systemCommand(),
 			{
 				Name:  "image",
 				Usage: "pull, list, inspect and remove images; manage the blob cache",
@@ -164,6 +166,7 @@ Example:
 					lsCommand(),
 					inspectCommand(),
 					rmCommand(),
+					imagePruneCommand(),
 					{
 						Name:        "cache",
 						Usage:       "measure and prune the blob cache",
@@ -259,6 +262,17 @@ func openCache(c *cli.Context, l layout.Layout) *cache.Cache {
 		NoWait: c.Bool("no-wait"),
 		Notice: func(msg string) { fmt.Fprintf(stderr, "banger: %s\n", msg) },
 		Warn:   func(msg string) { fmt.Fprintf(stderr, "banger: warning: %s\n", msg) },
+	})
+}
+
+// openStore returns the image store with the same lock wait policy as the
+// cache (--wait, --no-wait) where the command has those flags.
+func openStore(c *cli.Context, l layout.Layout) *image.Store {
+	stderr := c.App.ErrWriter
+	return image.NewStore(l.ImagesDir, image.StoreOptions{
+		Wait:   c.Duration("wait"),
+		NoWait: c.Bool("no-wait"),
+		Notice: func(msg string) { fmt.Fprintf(stderr, "banger: %s\n", msg) },
 	})
 }
 
@@ -461,7 +475,7 @@ Example:
 				ctx, cancel = context.WithTimeout(ctx, d)
 				defer cancel()
 			}
-			img, err := image.Pull(ctx, openCache(c, l), image.NewStore(l.ImagesDir), c.Args().First(), opts)
+			img, err := image.Pull(ctx, openCache(c, l), openStore(c, l), c.Args().First(), opts)
 			bar.finish()
 			if errors.Is(err, context.DeadlineExceeded) {
 				return fmt.Errorf("%w; the pull did not finish within --timeout %s", err, c.Duration("timeout"))
@@ -476,6 +490,13 @@ Example:
 				_, err := fmt.Fprintln(c.App.Writer, img.Name)
 				return err
 			}
+			if img.UpToDate {
+				_, err := fmt.Fprintf(c.App.Writer, "%s is up to date (%s)\n", img.Name, image.ShortID(img.ID))
+				return err
+			}
+			if img.Replaced != "" {
+				fmt.Fprintf(c.App.Writer, "replaced %s: its image %s had no other name and is removed\n", img.Name, image.ShortID(img.Replaced))
+			}
 			fmt.Fprintf(c.App.Writer, "pulled %s (%s, rootfs %s) into %s\n", img.Name, img.Platform, humanize.IBytes(uint64(img.Size)), img.Rootfs)
 			return nil
 		},
@@ -484,12 +505,20 @@ Example:
 
 func lsCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "ls",
-		Usage:     "list flattened images",
-		UsageText: "banger image ls [--json]\n\nExample:\n   banger image ls\n   banger image ls --json | jq -r '.[].name'",
-		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag()}),
+		Name:  "ls",
+		Usage: "list flattened images, one row per name",
+		UsageText: `banger image ls [--json]
+
+An image pulled under several names is stored once and listed once per
+name, with the same ID (the config digest, as docker's image ID). --json
+gives each row's fields and "names", all the names of its image.
+
+Example:
+   banger image ls
+   banger image ls --json | jq -r '.[].name'`,
+		Flags: withFlags(pathFlags(), lockFlags(), []cli.Flag{jsonFlag()}),
 		Action: withLayout(0, 0, "no arguments", func(c *cli.Context, l layout.Layout) error {
-			images, err := image.NewStore(l.ImagesDir).List(c.Context)
+			images, err := openStore(c, l).List(c.Context)
 			if err != nil {
 				return err
 			}
@@ -502,7 +531,7 @@ func lsCommand() *cli.Command {
 			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tID\tPLATFORM\tSIZE\tPULLED")
 			for _, img := range images {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Name, img.ID, img.Platform, humanize.IBytes(uint64(img.Size)), img.PulledAt.Local().Format(time.DateTime))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Name, image.ShortID(img.ID), img.Platform, humanize.IBytes(uint64(img.Size)), img.PulledAt.Local().Format(time.DateTime))
 			}
 			return tw.Flush()
 		}),
@@ -513,7 +542,7 @@ func inspectCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "inspect",
 		Usage: "print images' metadata as JSON, including the absolute rootfs path",
-		UsageText: `banger image inspect [--json] [--format TEMPLATE] NAME|ID...
+		UsageText: `banger image inspect [--json] [--format TEMPLATE] NAME|ID|ID-PREFIX...
 
 Prints one JSON object for one image, and an array of objects for several
 (as docker inspect does). The output is JSON unless --format is given;
@@ -522,12 +551,16 @@ is not found is reported on stderr and makes the exit code 1; the others are
 still printed.
 
 --format executes a Go template once per image, with the JSON fields as
-keys, as docker inspect --format does.
+keys, as docker inspect --format does. Besides the run settings (env,
+entrypoint, cmd, workdir, user) the JSON has the config's labels,
+exposed_ports, volumes, stop_signal, os, architecture, variant, history
+and the layer digests, and last_used. Inspecting records a use of the
+image (at most hourly), which image prune --older-than goes by.
 
 Example:
    banger image inspect alpine:3.20
    tar -tf "$(banger image inspect --format '{{.rootfs}}' alpine:3.20)"`,
-		Flags: withFlags(pathFlags(), []cli.Flag{
+		Flags: withFlags(pathFlags(), lockFlags(), []cli.Flag{
 			jsonFlag(),
 			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Usage: "print each image through the Go `TEMPLATE` (fields as in the JSON: {{.rootfs}}, {{.id}})"},
 		}),
@@ -539,7 +572,7 @@ Example:
 					return usageErr{fmt.Errorf("invalid --format: %w", err)}
 				}
 			}
-			store := image.NewStore(l.ImagesDir)
+			store := openStore(c, l)
 			var found []image.Image
 			var errs []error
 			for _, name := range c.Args().Slice() {
@@ -577,22 +610,38 @@ Example:
 
 func rmCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "rm",
-		Usage:     "remove images from the image store",
-		UsageText: "banger image rm [--json] NAME|ID...\n\nExample:\n   banger image rm alpine:3.20",
-		Flags:     withFlags(pathFlags(), []cli.Flag{jsonFlag()}),
+		Name:  "rm",
+		Usage: "remove image names, and images with their last name",
+		UsageText: `banger image rm [--force] [--json] NAME|ID|ID-PREFIX...
+
+A NAME removes that name; the image goes with its last name. An ID (or a
+prefix of one that no other image shares, as docker accepts) removes the
+image; when it still has several names, rm refuses and lists them, unless
+--force is given, which removes the image with all its names.
+
+Example:
+   banger image rm alpine:3.20
+   banger image rm --force 3fa2c41b7d0e`,
+		Flags: withFlags(pathFlags(), lockFlags(), []cli.Flag{
+			&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "remove an image named by ID even when it has several names"},
+			jsonFlag(),
+		}),
 		Action: withLayout(1, -1, "at least one image NAME or ID", func(c *cli.Context, l layout.Layout) error {
-			removed, err := image.NewStore(l.ImagesDir).Remove(c.Context, c.Args().Slice()...)
+			removed, err := openStore(c, l).Remove(c.Context, c.Bool("force"), c.Args().Slice()...)
 			if c.Bool("json") {
 				if removed == nil {
-					removed = []image.Image{}
+					removed = []image.Removed{}
 				}
 				if jerr := printJSON(c.App.Writer, removed); jerr != nil {
 					return jerr
 				}
 			} else {
-				for _, img := range removed {
-					fmt.Fprintf(c.App.Writer, "removed %s (%s)\n", img.Name, img.ID)
+				for _, r := range removed {
+					if r.ImageRemoved {
+						fmt.Fprintf(c.App.Writer, "removed %s (%s, %s freed)\n", strings.Join(r.Names, ", "), image.ShortID(r.ID), humanize.IBytes(uint64(r.Size)))
+					} else {
+						fmt.Fprintf(c.App.Writer, "removed name %s (%s is kept for %s)\n", strings.Join(r.Names, ", "), image.ShortID(r.ID), strings.Join(r.Kept, ", "))
+					}
 				}
 			}
 			return err

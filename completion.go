@@ -210,7 +210,7 @@ const manSections = `
 
 **2** usage error: bad flag, argument count, unknown command, reference, transport or platform
 
-**75** the cache lock is busy and --no-wait was given or --wait ran out (EX_TEMPFAIL: try again later)
+**75** the cache lock or the image store lock is busy and --no-wait was given or --wait ran out (EX_TEMPFAIL: try again later)
 
 **130** interrupted (SIGINT, SIGTERM)
 
@@ -222,7 +222,11 @@ const manSections = `
 
 **XDG_CACHE_HOME**, **XDG_DATA_HOME**, **HOME** the default cache and data roots of a user other than root
 
-**DOCKER_CONFIG**, **REGISTRY_AUTH_FILE**, **XDG_RUNTIME_DIR**, **XDG_CONFIG_HOME** where registry credentials are looked up (Docker's config.json and its credential helpers, containers' auth.json)
+**REGISTRY_AUTH_FILE**, **XDG_RUNTIME_DIR**, **DOCKER_CONFIG** where registry credentials are looked up, after --authfile: $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json, then Docker's config.json with its credential helpers
+
+**CONTAINERS_REGISTRIES_CONF** the registries.conf to read (mirrors, rewrites, blocks, insecure registries), when --registries-conf is not given
+
+**COLUMNS** the terminal's width, when the terminal does not say
 
 **HTTPS_PROXY**, **HTTP_PROXY**, **NO_PROXY** the proxy for registry connections
 
@@ -236,7 +240,11 @@ const manSections = `
 
 **/var/lib/banger**, **$XDG_DATA_HOME/banger**, **~/.local/share/banger** the data root, for root and for other users
 
-**DATA/images/ID/rootfs.tar**, **DATA/images/ID/image.json** a flattened image and its metadata
+**DATA/images/** the image store: flattened images (rootfs.tar) and their records; see banger image ls and banger df
+
+**~/.config/containers/registries.conf**, **/etc/containers/registries.conf** and the **registries.conf.d/*.conf** drop-ins beside it: registry mirrors and rewrites (containers-registries.conf(5))
+
+**/etc/containers/certs.d/HOST[:PORT]/**, **~/.config/containers/certs.d/HOST[:PORT]/**, **/etc/docker/certs.d/HOST[:PORT]/** CAs (*.crt) and client certificates (*.cert, *.key) for a registry (containers-certs.d(5))
 
 # SEE ALSO
 

@@ -59,6 +59,38 @@ func TestDocsRecipes(t *testing.T) {
 		t.Fatalf("found %d prune command lines in docs, want at least 4", found)
 	}
 
+	// So does every image prune line, against an empty store (issue 13).
+	imagePrune := regexp.MustCompile(`banger (image prune[^\n|>]*)`)
+	found = 0
+	for _, m := range imagePrune.FindAllStringSubmatch(string(cron)+string(ci), -1) {
+		args := strings.Fields(m[1])
+		found++
+		var stdout, stderr bytes.Buffer
+		cmd := e.cmd(args...)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Errorf("banger %s: %v; stderr: %s", m[1], err, stderr.String())
+		}
+		out := stdout.String()
+		switch {
+		case stderr.Len() > 0:
+			t.Errorf("banger %s printed %q on stderr", m[1], stderr.String())
+		case slices.Contains(args, "-q") && !slices.Contains(args, "--json"):
+			if out != "" {
+				t.Errorf("banger %s printed %q, want nothing", m[1], out)
+			}
+		case slices.Contains(args, "--json"):
+			if lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n"); len(lines) != 1 || !strings.Contains(out, `"bytes_freed":0`) {
+				t.Errorf("banger %s printed %q, want one JSON line", m[1], out)
+			}
+		case !strings.Contains(out, "0 B across 0 image(s)"):
+			t.Errorf("banger %s printed %q", m[1], out)
+		}
+	}
+	if found < 6 {
+		t.Fatalf("found %d image prune command lines in docs, want at least 6", found)
+	}
+
 	checkWorkflow(t, string(ci))
 
 	units := regexp.MustCompile("(?s)```ini ([a-z-]+\\.(?:service|timer))\n(.*?)```").FindAllStringSubmatch(string(cron), -1)

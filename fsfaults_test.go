@@ -150,7 +150,9 @@ func TestProgressOnTerminal(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cmd := exec.Command(scriptBin, "-qfec", tt.command, "/dev/null")
-			cmd.Env = append(os.Environ(), "BANGER_CACHE_DIR="+e.cache, "BANGER_DATA_DIR="+e.data)
+			// A store of its own: in a shared one, the image pulled by
+			// the case before would be named without a fetch (issue 13).
+			cmd.Env = append(os.Environ(), "BANGER_CACHE_DIR="+e.cache, "BANGER_DATA_DIR="+t.TempDir())
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Fatalf("%s: %v: %s", tt.command, err, out)

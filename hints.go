@@ -46,6 +46,12 @@ func hint(err error) string {
 	case errors.Is(err, fs.ErrPermission):
 		return "it belongs to another user: run banger as its owner (root for /var/cache/banger and /var/lib/banger), or choose your own with --cache-dir/--data-dir"
 	// image: keep these cases together, at the bottom.
+	case errors.Is(err, image.ErrNoPruneFilter):
+		return "pick --older-than, --max-size or --all (try --dry-run first)"
+	case errors.Is(err, image.ErrHasNames):
+		return "remove the names one by one, or add --force to remove the image with all of them"
+	case errors.Is(err, image.ErrAmbiguous):
+		return "run `banger image ls` to see the IDs"
 	case errors.Is(err, image.ErrNotFound):
 		return "run `banger image ls` to see the images there are"
 	case errors.Is(err, image.ErrInvalidPlatform):

@@ -158,7 +158,8 @@ func TestHostileInput(t *testing.T) {
 		wantErr  string // regexp the single stderr line must match
 	}{
 		{"malformed reference", "", []string{"image", "pull", "Bad Ref!"}, 2, `parsing reference "Bad Ref!"`},
-		{"unknown transport", "", []string{"image", "pull", "dir:/tmp/x"}, 2, `unknown transport "dir"`},
+		{"unknown transport", "", []string{"image", "pull", "frob:/tmp/x"}, 2, `unknown transport "frob"`},
+		{"skopeo transport banger does not read", "", []string{"image", "pull", "dir:/tmp/x"}, 2, "unknown transport \"dir\" in \"dir:/tmp/x\" \\(one of skopeo's that banger does not read\\): convert it with `skopeo copy"},
 		{"missing OCI layout", "", []string{"image", "pull", "oci:/nonexistent/layout"}, 1, `opening OCI layout /nonexistent/layout`},
 		{"docker-archive not a tar", "", []string{"image", "pull", "docker-archive:" + filepath.Join("testdata", "hello", "index.json")}, 1, `reading docker archive`},
 		{"registry refused", "", []string{"image", "pull", "127.0.0.1:1/x:1"}, 1, `connection refused.*check the registry address`},
@@ -269,6 +270,10 @@ func TestHostileInput(t *testing.T) {
 			}
 			os.WriteFile(b, data, 0o644)
 		}
+		// A stored image would be found up to date, or named again,
+		// without reading a blob (issue 13): remove it so the pull reads
+		// the cache.
+		e.run("image", "prune", "--all")
 		servedBefore := reg.served.Load()
 		var stderr bytes.Buffer
 		cmd := e.cmd("image", "pull", "-q", "--name", "refetched", reg.host+"/app:1")
@@ -505,8 +510,12 @@ func checkHostile(t *testing.T, e *bangerEnv, prefix []string, keepBlobs bool, a
 			t.Errorf("stderr holds a Go runtime trace (%q): %s", trace, run.stderr)
 		}
 	}
-	if line := strings.TrimSuffix(run.stderr, "\n"); image.Escape(line) != line {
+	for _, line := range strings.Split(strings.TrimSuffix(run.stderr, "\n"), "\n") {
+		if image.Escape(line) == line {
+			continue
+		}
 		t.Errorf("stderr holds raw control characters: %q", run.stderr)
+		break
 	}
 	// Generous: banger's own peak is a few tens of MiB (more under -race);
 	// an unbounded read of a hostile blob is gigabytes or the OOM killer.

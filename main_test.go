@@ -133,12 +133,16 @@ func scriptParams(t *testing.T, dir, registryHost string) testscript.Params {
 			env.Setenv("BANGER_DATA_DIR", filepath.Join(env.WorkDir, "data"))
 			env.Setenv("XDG_CACHE_HOME", filepath.Join(env.WorkDir, "xdg-cache"))
 			env.Setenv("XDG_DATA_HOME", filepath.Join(env.WorkDir, "xdg-data"))
+			env.Values[counterKey] = &regCounter{}
 			return nil
 		},
 		Cmds: map[string]func(*testscript.TestScript, bool, []string){
 			"exitcode":  cmdExitCode,
 			"jsonok":    cmdJSONOK,
 			"jsonlines": cmdJSONLines,
+			// issue 13
+			"countingregistry": cmdCountingRegistry,
+			"requests":         cmdRequests,
 		},
 		Condition: func(cond string) (bool, error) {
 			if cond == "root" {

@@ -226,18 +226,71 @@ func TestStressPullPrune(t *testing.T) {
 			time.Sleep(time.Duration(rand.IntN(200)) * time.Millisecond)
 		}
 	})
+	// Issue 13: image prune in the loop. The images are all fresh and far
+	// below the budget, so it removes none of them; what it exercises is
+	// its planning, re-checks and leftover sweeps racing the pulls, which
+	// must never take a stage, or an image a pull just named.
+	wg.Go(func() {
+		for i := 0; time.Now().Before(deadline); i++ {
+			policy := []string{"--older-than", "1h"}
+			if i%2 == 1 {
+				policy = []string{"--max-size", "1GiB"}
+			}
+			e.run(append([]string{"image", "prune"}, policy...)...)
+			mu.Lock()
+			prunes++
+			mu.Unlock()
+			time.Sleep(time.Duration(rand.IntN(200)) * time.Millisecond)
+		}
+	})
 	wg.Wait()
 	checkCacheInvariants(t, e.cache, false)
 
-	// Racing pulls of one name leave exactly one image.
-	var same sync.WaitGroup
-	for range 8 {
-		// Not e.pull: a later pull may replace the image before it is read.
-		same.Go(func() { e.run("image", "pull", "-q", "--name", "same", host+"/"+stressImages[0]) })
+	// Racing pulls of one name, alternating two images, leave exactly one
+	// image named same, and every rootfs path a pull printed is either
+	// still there or was reported replaced by another pull (issue 13 §2).
+	type printed struct{ ID, Rootfs, Replaced string }
+	var (
+		same    sync.WaitGroup
+		outputs []printed
+	)
+	for i := range 8 {
+		same.Go(func() {
+			out := e.run("image", "pull", "--json", "--name", "same", host+"/"+stressImages[i%2])
+			var p printed
+			if err := json.Unmarshal([]byte(out), &p); err != nil {
+				t.Errorf("racing pull %d: bad --json output %q: %v", i, out, err)
+				return
+			}
+			mu.Lock()
+			outputs = append(outputs, p)
+			mu.Unlock()
+		})
 	}
 	same.Wait()
+	replaced := map[string]bool{}
+	for _, p := range outputs {
+		if p.Replaced != "" {
+			replaced[p.Replaced] = true
+		}
+	}
+	for _, p := range outputs {
+		if _, err := os.Stat(p.Rootfs); err != nil && !replaced[p.ID] {
+			t.Errorf("a racing pull printed rootfs %s, which is gone (%v), and no pull reported replacing image %s", p.Rootfs, err, p.ID)
+		}
+	}
 	if out := e.run("image", "ls", "--json"); strings.Count(out, `"name":"same"`) != 1 {
 		t.Errorf("after 8 racing pulls of one name, image ls shows:\n%s\nwant exactly one image named same", out)
+	}
+
+	// Every image left goes, and with it every leftover of the loop.
+	e.run("image", "prune", "--all")
+	if entries, _ := os.ReadDir(filepath.Join(e.data, "images")); len(entries) != 3 {
+		var names []string
+		for _, en := range entries {
+			names = append(names, en.Name())
+		}
+		t.Errorf("image store after image prune --all = %q, want only .lock, VERSION and names.json", names)
 	}
 
 	e.run("image", "cache", "prune")
@@ -273,9 +326,13 @@ func TestCrashSafety(t *testing.T) {
 	for round := range rounds {
 		img := stressImages[round%len(stressImages)]
 		var cmd *exec.Cmd
-		if round%3 == 2 {
+		switch {
+		case round%6 == 5:
+			// issue 13: image prune killed part way
+			cmd = e.cmd("image", "prune", "--all")
+		case round%3 == 2:
 			cmd = e.cmd("image", "cache", "prune")
-		} else {
+		default:
 			cmd = e.cmd("image", "pull", "-q", "--name", img, host+"/"+img)
 		}
 		if err := cmd.Start(); err != nil {
@@ -313,7 +370,7 @@ func TestCrashSafety(t *testing.T) {
 	all, _ := filepath.Glob(filepath.Join(e.data, "images", ".*"))
 	var leftovers []string
 	for _, l := range all {
-		if !strings.HasPrefix(filepath.Base(l), ".new-") {
+		if base := filepath.Base(l); !strings.HasPrefix(base, ".new-") && base != ".lock" {
 			leftovers = append(leftovers, l)
 		}
 	}

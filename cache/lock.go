@@ -45,7 +45,7 @@ func (c *Cache) lock(ctx context.Context, mode lockMode) (unlock func(), err err
 	if err := p.mkdirAll(filepath.Dir(c.lockPath)); err != nil {
 		return nil, fmt.Errorf("creating lock directory: %w", err)
 	}
-	w := &waiter{c: c, perms: p, start: time.Now()}
+	w := &waiter{opts: c.opts, noticeAfter: c.noticeAfter, lockPath: c.lockPath, perms: p, start: time.Now()}
 	gate, err := w.acquire(ctx, c.gatePath(), true)
 	if err != nil {
 		return nil, err
@@ -100,15 +100,34 @@ func (e *LockBusyError) Is(target error) bool { return target == ErrLockBusy }
 // waiter shares one wait budget and one notice between the locks of one
 // lock call.
 type waiter struct {
-	c       *Cache
-	perms   perms
-	start   time.Time
-	noticed bool
+	opts        Options
+	noticeAfter time.Duration
+	lockPath    string // the lock named in messages
+	perms       perms
+	start       time.Time
+	noticed     bool
+}
+
+// LockFile takes an exclusive flock on path, created private (0600) if
+// missing, with the cache lock's wait policy: ctx, opts.Wait, opts.NoWait
+// and opts.Notice are honoured exactly as for the cache lock, a lock file
+// of another user is refused, and a lock still held when the wait runs out
+// is a *LockBusyError. It returns the function that releases it.
+//
+// It is exported for the image store, which needs the same policy for its
+// own lock and should not grow a second polling loop. It has no gate: no
+// holder of such a lock keeps it for more than a few renames.
+func LockFile(ctx context.Context, path string, opts Options) (unlock func(), err error) {
+	w := &waiter{opts: opts, noticeAfter: noticeAfter, lockPath: path, perms: perms{dir: privateDirPerm, file: privateFilePerm}, start: time.Now()}
+	fl, err := w.acquire(ctx, path, true)
+	if err != nil {
+		return nil, err
+	}
+	return func() { fl.Close() }, nil
 }
 
 // acquire polls for one flock, since flock(2) cannot wait with a deadline.
 func (w *waiter) acquire(ctx context.Context, path string, exclusive bool) (*flock.Flock, error) {
-	c := w.c
 	// Private (perms): no other user may open the lock, or they could
 	// hold it for ever. O_NOFOLLOW: the lock is this file, not one a link
 	// points to.
@@ -143,18 +162,18 @@ func (w *waiter) acquire(ctx context.Context, path string, exclusive bool) (*flo
 			return fl, nil
 		}
 		waited := time.Since(w.start)
-		if c.opts.NoWait || (c.opts.Wait > 0 && waited >= c.opts.Wait) {
+		if w.opts.NoWait || (w.opts.Wait > 0 && waited >= w.opts.Wait) {
 			fl.Close()
-			return nil, &LockBusyError{Path: c.lockPath, NoWait: c.opts.NoWait, Waited: waited}
+			return nil, &LockBusyError{Path: w.lockPath, NoWait: w.opts.NoWait, Waited: waited}
 		}
-		if !w.noticed && waited >= c.noticeAfter && c.opts.Notice != nil {
+		if !w.noticed && waited >= w.noticeAfter && w.opts.Notice != nil {
 			w.noticed = true
-			c.opts.Notice(fmt.Sprintf("waiting for lock %s held by another banger process", c.lockPath))
+			w.opts.Notice(fmt.Sprintf("waiting for lock %s held by another banger process", w.lockPath))
 		}
 		select {
 		case <-ctx.Done():
 			fl.Close()
-			return nil, fmt.Errorf("waiting for lock %s: %w", c.lockPath, ctx.Err())
+			return nil, fmt.Errorf("waiting for lock %s: %w", w.lockPath, ctx.Err())
 		case <-time.After(delay):
 		}
 		delay = min(delay*2, pollMax)

@@ -23,6 +23,10 @@ package image
 // Whiteouts and entries of a layer only shadow lower layers: their effect is
 // collected while the layer is read and merged into the index at its end.
 //
+// Names are those the entries land at once their parents are resolved
+// through the symlinks of the tree below, as umoci and containerd resolve
+// them; flatten_resolve.go says how that works top-down.
+//
 // Names are written once, except for duplicates inside one layer (see
 // flatten). Symlinks, and hardlinks to them, are held back until the end of
 // their layer: a duplicate can then drop them, which matters because GNU tar
@@ -39,7 +43,12 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"time"
 )
+
+// errSameLayerDirReplaced is the start of the error for a non-directory that
+// replaces a directory whose entries came earlier in the same layer.
+const errSameLayerDirReplaced = "non-directory replaces a directory that has entries earlier in the same layer"
 
 const (
 	whiteoutPrefix = ".wh."
@@ -54,6 +63,9 @@ type flattenLayer struct {
 	// open returns the layer's uncompressed tar stream. The caller's reader verifies the
 	// layer's diff ID and returns an error from Read at EOF on mismatch; flatten must read
 	// each stream to io.EOF (drain the tail after the tar end marker: io.Copy(io.Discard, r)) and propagate errors.
+	// open may be called a second time, to scan the layer's names before it
+	// is read (see flatten_resolve.go); that scan closes its stream early,
+	// and always before the layer is opened again.
 	open func() (io.ReadCloser, error)
 }
 
@@ -61,12 +73,23 @@ type flattenLayer struct {
 // spoolDir is a writable directory for temporary files (same filesystem as the output); flatten removes what it creates there.
 //
 // The result, extracted with tar -x, is the tree that unpacking the layers in
-// order produces (umoci unpack). Every name is written once, except for
+// order produces (umoci unpack): an entry's parents are resolved through
+// symlinks inside the root, so a layer adding bin/hello over a base where
+// bin -> usr/bin writes usr/bin/hello. Every name is written once, except for
 // duplicate names inside one layer: a replaced regular file, hardlink,
 // directory or device stays in the output before its replacement, so the
 // later entry wins on extraction, as with tar -x of that layer. Names and
 // hardlink targets that climb out of the root are errors, as are hardlinks
-// whose target is missing or a directory (umoci fails on those too).
+// whose target is missing or a directory, parents that resolve to a file or
+// through a symlink loop, and names longer than Linux allows (umoci fails on
+// those too). So is a non-directory that replaces a directory whose entries
+// came earlier in the same layer, which umoci accepts: those entries are
+// already written. Sparse files are written expanded, at most
+// maxSparseExpansion bytes of them per image.
+//
+// Each layer is opened once, and once more, before, if some upper layer has
+// an entry whose parents it does not declare as directories itself; open is
+// never called for a layer whose earlier stream is still open.
 func flatten(ctx context.Context, w io.Writer, layers []flattenLayer, spoolDir string) error {
 	f := &flattener{
 		tw:       tar.NewWriter(w),
@@ -74,6 +97,8 @@ func flatten(ctx context.Context, w io.Writer, layers []flattenLayer, spoolDir s
 		upper:    make(map[string]shadow),
 		waiting:  make(map[string]*inode),
 		buf:      make([]byte, 32<<10),
+		layers:   layers,
+		simLayer: -1,
 	}
 	for i := len(layers) - 1; i >= 0; i-- {
 		if err := f.readLayer(ctx, i, layers[i]); err != nil {
@@ -81,6 +106,9 @@ func flatten(ctx context.Context, w io.Writer, layers []flattenLayer, spoolDir s
 		}
 	}
 	if err := f.checkResolved(); err != nil {
+		return err
+	}
+	if err := f.writeImplicit(); err != nil {
 		return err
 	}
 	if err := f.tw.Close(); err != nil {
@@ -131,16 +159,18 @@ type inode struct {
 	// a placeholder: a hardlink whose target is in a lower layer not read yet.
 	hdr *tar.Header
 	// out is the output name that holds the content once written; links
-	// point there. extra are further names written for this inode, kept so
-	// out can move if a duplicate entry later replaces it.
-	out   string
-	extra []string
+	// point there.
+	out string
+	// names are, for an inode with content, the further names written for
+	// it, kept so out can move if a duplicate entry later replaces it; for a
+	// placeholder, the visible names waiting for it to resolve. An inode
+	// never stops being a placeholder: the entry that resolves one starts an
+	// inode of its own.
+	names nameList
 	// spoolOff locates the content in the layer's spool file when the
 	// content entry was shadowed and nothing visible needed it yet.
 	spoolOff int64
 	spooled  bool
-	// members are visible names waiting for a placeholder to resolve.
-	members []string
 	// layer, name and target identify the first link of a placeholder, for
 	// the error if its target never shows up.
 	layer        int
@@ -153,6 +183,10 @@ func (ino *inode) held() bool { return ino.hdr.Typeflag == tar.TypeSymlink }
 // layerEntry is an entry of the layer being read.
 type layerEntry struct {
 	ino *inode // nil for a directory
+	// closed is set on a directory whose parents are all directory
+	// entries of this layer read before it: entries under it land at
+	// their own names (see declared).
+	closed bool
 	// attached are upper-layer hardlinks that resolved at this entry; a
 	// duplicate of this name later in the layer takes them over.
 	attached []string
@@ -173,6 +207,20 @@ type layerState struct {
 	heldAt   map[string]int
 	spool    *os.File
 	spoolEnd int64
+	// whiteouts are the layer's whiteout names, for replay if a later
+	// entry needs names resolved.
+	whiteouts []string
+	// parents are the paths markParents marked, in order; keepAfter are
+	// the targets of whiteouts and opaque markers that came after entries
+	// under them, each with len(parents) at the time (see addKeepDirs).
+	parents   []string
+	keepAfter map[string]int
+	// declaredDir is the last directory that declared found declared.
+	declaredDir string
+	// keepGone are names that buried whiteouts and non-directories of this
+	// layer remove, which its marks leave out: kept directories at or
+	// under them go too.
+	keepGone []string
 }
 
 func (ls *layerState) hold(h *tar.Header) {
@@ -191,19 +239,19 @@ func (ls *layerState) unhold(name string) {
 // this layer replaced them. If the name holding the content goes, the next
 // written name takes over.
 func (ls *layerState) release(ino *inode, names []string) {
-	gone := func(m string) bool { return slices.Contains(names, m) }
 	if ino.hdr == nil {
-		ino.members = slices.DeleteFunc(ino.members, gone)
+		for _, n := range names {
+			ino.names.remove(n)
+		}
 		return
 	}
-	ino.extra = slices.DeleteFunc(ino.extra, gone)
-	if ino.out == "" || !gone(ino.out) {
+	for _, n := range names {
+		ino.names.remove(n)
+	}
+	if ino.out == "" || !slices.Contains(names, ino.out) {
 		return
 	}
-	ino.out = ""
-	if len(ino.extra) > 0 {
-		ino.out, ino.extra = ino.extra[0], ino.extra[1:]
-	}
+	ino.out = ino.names.popFirst()
 	if !ino.held() || ino.out == "" {
 		// A written file stays in the output until the replacing entry
 		// follows it, and links written before then keep its content.
@@ -212,9 +260,77 @@ func (ls *layerState) release(ino *inode, names []string) {
 	// Held names are not written yet: turn the first link into the content
 	// and point the others at it.
 	ls.held[ls.heldAt[ino.out]] = outHeader(ino.hdr, ino.out)
-	for _, e := range ino.extra {
+	for _, e := range ino.names.names() {
 		ls.held[ls.heldAt[e]].Linkname = ino.out
 	}
+}
+
+// nameList is an ordered list of distinct names from which a name is
+// removed in constant time, so that re-pointing n hard links in one layer
+// stays linear (deleting from a slice made it quadratic: 62 s for 100k).
+// A removed name leaves a hole, "", which is never a name; the index is
+// built on the first removal, as most inodes never lose a name.
+type nameList struct {
+	list []string
+	head int // list[:head] are holes
+	at   map[string]int
+}
+
+func (l *nameList) add(names ...string) {
+	for _, n := range names {
+		if l.at != nil {
+			l.at[n] = len(l.list)
+		}
+		l.list = append(l.list, n)
+	}
+}
+
+func (l *nameList) remove(n string) {
+	if l.at == nil {
+		l.at = make(map[string]int, len(l.list)-l.head)
+		for i := l.head; i < len(l.list); i++ {
+			if m := l.list[i]; m != "" {
+				l.at[m] = i
+			}
+		}
+	}
+	if i, ok := l.at[n]; ok {
+		l.list[i] = ""
+		delete(l.at, n)
+	}
+}
+
+// popFirst removes and returns the first name, or "" if there is none.
+func (l *nameList) popFirst() string {
+	for ; l.head < len(l.list); l.head++ {
+		if n := l.list[l.head]; n != "" {
+			l.list[l.head] = ""
+			if l.at != nil {
+				delete(l.at, n)
+			}
+			l.head++
+			return n
+		}
+	}
+	return ""
+}
+
+// names returns the names in order, without holes.
+func (l *nameList) names() []string {
+	out := make([]string, 0, len(l.list)-l.head)
+	for _, n := range l.list[l.head:] {
+		if n != "" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func (l *nameList) empty() bool {
+	if l.at != nil {
+		return len(l.at) == 0
+	}
+	return len(l.list) == l.head
 }
 
 type flattener struct {
@@ -228,6 +344,26 @@ type flattener struct {
 	// waiting are placeholders of upper layers, by target path: the next
 	// entry read at that path provides their content.
 	waiting map[string]*inode
+	// expanded counts the bytes of sparse files written or spooled.
+	expanded int64
+	// keepDirs are lower directories that upper whiteouts or opaque
+	// markers hide the contents of but not the directory (addKeepDirs).
+	keepDirs map[string]struct{}
+	// keepUnder counts the kept directories at or under each path, so that
+	// a buried entry tells in one lookup whether it removes one.
+	keepUnder map[string]int
+	// implicit are directories that exist only as parents of shadowed
+	// entries, with the mtime to write them with (see needParents).
+	implicit map[string]time.Time
+
+	// Resolution through symlinks (flatten_resolve.go): layers is kept to
+	// scan the lower layers once; sim is the tree below and in layer
+	// simLayer while that layer is read; rewrites[j] are the entries of
+	// layer j < simLayer that land elsewhere than their names.
+	layers   []flattenLayer
+	sim      *simTree
+	simLayer int
+	rewrites []map[int]rewrite
 }
 
 func (f *flattener) readLayer(ctx context.Context, idx int, l flattenLayer) (err error) {
@@ -255,7 +391,7 @@ func (f *flattener) readLayer(ctx context.Context, idx int, l flattenLayer) (err
 	}()
 
 	tr := tar.NewReader(rc)
-	for {
+	for i := 0; ; i++ {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("layer %d: %w", idx, err)
 		}
@@ -266,9 +402,15 @@ func (f *flattener) readLayer(ctx context.Context, idx int, l flattenLayer) (err
 		if err != nil {
 			return fmt.Errorf("layer %d: reading tar: %w", idx, err)
 		}
-		if err := f.entry(ls, tr, hdr); err != nil {
-			return fmt.Errorf("layer %d: entry %q: %w", idx, hdr.Name, err)
+		if err := f.entry(ctx, ls, i, tr, hdr); err != nil {
+			return fmt.Errorf("layer %d: entry %q: %w", idx, shorten(hdr.Name), err)
 		}
+	}
+	if idx == f.simLayer {
+		f.sim = nil // the layers below have their rewrites
+	}
+	if idx < len(f.rewrites) {
+		f.rewrites[idx] = nil
 	}
 	// The caller's reader checks the diff ID only when it reaches EOF, and
 	// the tar reader stops at the end marker, before any padding.
@@ -300,17 +442,21 @@ func (f *flattener) commit(ls *layerState) error {
 			return fmt.Errorf("layer %d: %w", ls.idx, err)
 		}
 	}
+	f.pruneKeepDirs(ls)
+	if ls.keepAfter != nil {
+		f.addKeepDirs(ls)
+	}
 	for p, m := range ls.marks {
 		f.upper[p] |= m.shadow()
 	}
 	for target, ph := range ls.placeholders {
-		if len(ph.members) == 0 {
+		if ph.names.empty() {
 			continue // only shadowed links: nobody needs the content
 		}
 		// An older placeholder for the same target resolves at the same
 		// lower entry, since this layer had no entry at that path.
 		if old, ok := f.waiting[target]; ok {
-			old.members = append(old.members, ph.members...)
+			old.names.add(ph.names.names()...)
 		} else {
 			f.waiting[target] = ph
 		}
@@ -332,7 +478,8 @@ func (f *flattener) checkResolved() error {
 	return fmt.Errorf("layer %d: entry %q: hardlink target %q not found in its layer or below", ph.layer, ph.name, ph.target)
 }
 
-func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error {
+func (f *flattener) entry(ctx context.Context, ls *layerState, idx int, tr *tar.Reader, hdr *tar.Header) error {
+	sparse := hdr.Typeflag == tar.TypeGNUSparse
 	switch hdr.Typeflag {
 	case tar.TypeXGlobalHeader:
 		// Archive-wide PAX records: Go's reader (and so umoci) does not
@@ -355,10 +502,6 @@ func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error
 		}
 		return nil // the root exists anyway; its metadata is the extractor's business
 	}
-	if base := path.Base(name); strings.HasPrefix(base, whiteoutPrefix) {
-		return f.whiteout(ls, path.Dir(name), base)
-	}
-
 	var linkTarget string
 	if hdr.Typeflag == tar.TypeLink {
 		if linkTarget, err = cleanName(hdr.Linkname); err != nil {
@@ -366,6 +509,29 @@ func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error
 		}
 		if linkTarget == "." {
 			return errors.New("hardlink to the root directory")
+		}
+	}
+	if err := checkSymlink(hdr); err != nil {
+		return err
+	}
+	if name, linkTarget, err = f.resolveEntry(ctx, ls, idx, hdr, name, linkTarget); err != nil {
+		return err
+	}
+	if err := checkName(name); err != nil {
+		return err
+	}
+	if base := path.Base(name); strings.HasPrefix(base, whiteoutPrefix) {
+		if f.simLayer < 0 {
+			ls.whiteouts = append(ls.whiteouts, name)
+		}
+		return f.whiteout(ls, path.Dir(name), base)
+	}
+	if !sparse {
+		for k := range hdr.PAXRecords {
+			if strings.HasPrefix(k, "GNU.sparse.") {
+				sparse = true
+				break
+			}
 		}
 	}
 
@@ -376,6 +542,13 @@ func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error
 		return nil
 	}
 	buried := aufsMeta || f.buried(name)
+	if buried && len(f.keepDirs) > 0 {
+		if _, keep := f.keepDirs[name]; keep && isDir {
+			buried = false
+		} else if !isDir && f.keepUnder[name] > 0 {
+			ls.keepGone = append(ls.keepGone, name)
+		}
+	}
 	sh := f.upper[name]
 	visible := !buried && sh&hideSelf == 0 && (isDir || sh&hideNonDir == 0)
 	if !buried {
@@ -386,7 +559,7 @@ func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error
 			// umoci would delete the entries already unpacked under it; they
 			// are already written here, and tar -x cannot replace a non-empty
 			// directory by a file.
-			return errors.New("non-directory replaces a directory that has entries earlier in the same layer")
+			return errors.New(errSameLayerDirReplaced + "; banger cannot take back entries it has written, so rebuild the layer without the directory")
 		}
 		if isDir {
 			ls.marks[name] = m | markDir
@@ -394,6 +567,9 @@ func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error
 			ls.marks[name] = m | markNonDir
 		}
 		ls.markParents(name)
+	}
+	if !visible && !aufsMeta && !ls.declared(name) {
+		f.needParents(ls, name, hdr.ModTime)
 	}
 
 	// The inode this entry belongs to, looked up before a duplicate of this
@@ -440,9 +616,16 @@ func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error
 	}
 	if ph, ok := f.waiting[name]; ok {
 		delete(f.waiting, name)
-		attached = append(attached, ph.members...)
+		attached = append(attached, ph.names.names()...)
 	}
-	ls.entries[name] = &layerEntry{ino: ino, attached: attached}
+	le := &layerEntry{ino: ino, attached: attached}
+	if isDir {
+		le.closed = ls.declared(name)
+	}
+	ls.entries[name] = le
+	if name == ls.declaredDir {
+		ls.declaredDir = ""
+	}
 
 	if isDir {
 		// Hardlinks to a directory fail at the end of the layer unless a
@@ -459,19 +642,96 @@ func (f *flattener) entry(ls *layerState, tr *tar.Reader, hdr *tar.Header) error
 		members = append([]string{name}, attached...)
 	}
 	if ino.hdr == nil {
-		ino.members = append(ino.members, members...)
+		ino.names.add(members...)
 		return nil
 	}
 	var content io.Reader
 	if ino.hdr == hdr {
 		content = tr
 	}
+	spool := content != nil && len(members) == 0 && hdr.Typeflag == tar.TypeReg && hdr.Size > 0
+	if sparse && content != nil && (len(members) > 0 || spool) {
+		if err := f.expand(hdr.Size); err != nil {
+			return err
+		}
+	}
 	if err := f.emit(ls, ino, members, content); err != nil {
 		return err
 	}
-	if content != nil && ino.out == "" && hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+	if spool {
 		if err := ls.spoolContent(ino, tr, hdr.Size, f.spoolDir, f.buf); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// maxSparseExpansion bounds the bytes of sparse files that one image may
+// expand to. A sparse entry stores only its data, and the output carries
+// the file expanded (Go's tar writer cannot write sparse maps), so a few
+// KiB of layer could otherwise declare a TiB file and fill the disk.
+const maxSparseExpansion = 1 << 30
+
+// expand counts size bytes of a sparse file about to be written or spooled,
+// before any of it is.
+func (f *flattener) expand(size int64) error {
+	if size > maxSparseExpansion-f.expanded {
+		return fmt.Errorf("sparse file of %d bytes would take the image's sparse files past banger's limit of %d bytes expanded (%d so far); the image may be hostile, or rebuild it without the sparse file", size, int64(maxSparseExpansion), f.expanded)
+	}
+	f.expanded += size
+	return nil
+}
+
+// needParents records the parents of an entry that is not written and whose
+// layer did not declare them. Unpacking creates them for the entry (umoci's
+// MkdirAll, tar's implicit directories), and they stay unless a layer above
+// removes them; but no output entry may create them. Those no other entry
+// writes are written at the end, as tar and umoci create them: mode 0755,
+// owned by root.
+func (f *flattener) needParents(ls *layerState, name string, mtime time.Time) {
+	if f.upper["."]&hideBelow != 0 {
+		return
+	}
+	// From the top down: an upper whiteout or non-directory at d removes d
+	// and what is under it, an upper opaque marker what is under it.
+	for i := 0; ; {
+		j := strings.IndexByte(name[i:], '/')
+		if j < 0 {
+			return
+		}
+		d := name[:i+j]
+		i += j + 1
+		sh := f.upper[d]
+		if sh&hideSelf != 0 && sh&hideBelow != 0 {
+			return
+		}
+		// An upper entry at or under d, or a directory entry of this layer
+		// at d, writes d or makes tar create it.
+		if sh&(hideSelf|hideNonDir) == 0 && ls.marks[d]&markDir == 0 {
+			if f.implicit == nil {
+				f.implicit = make(map[string]time.Time)
+			}
+			if _, ok := f.implicit[d]; !ok {
+				f.implicit[d] = mtime
+			}
+		}
+		if sh&hideBelow != 0 {
+			return
+		}
+	}
+}
+
+func (f *flattener) writeImplicit() error {
+	dirs := make([]string, 0, len(f.implicit))
+	for d := range f.implicit {
+		dirs = append(dirs, d)
+	}
+	slices.Sort(dirs) // parents first, and the same output every time
+	for _, d := range dirs {
+		h := &tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: f.implicit[d]}
+		keepNanos(h)
+		if err := f.tw.WriteHeader(h); err != nil {
+			return fmt.Errorf("writing %q: %w", h.Name, err)
 		}
 	}
 	return nil
@@ -494,6 +754,9 @@ func (f *flattener) whiteout(ls *layerState, dir, base string) error {
 		target, m = path.Join(dir, n), markWhiteout
 	}
 	if f.buried(target) {
+		if f.keepUnder[target] > 0 {
+			ls.keepGone = append(ls.keepGone, target)
+		}
 		return nil
 	}
 	if m == markWhiteout && ls.marks[target]&markParent != 0 {
@@ -504,8 +767,82 @@ func (f *flattener) whiteout(ls *layerState, dir, base string) error {
 		// entries then recreate it.
 		m = markOpaque
 	}
+	if m == markOpaque && (ls.marks[target]&markParent != 0 || target == "." && len(ls.parents) > 0) {
+		if ls.keepAfter == nil {
+			ls.keepAfter = make(map[string]int)
+		}
+		ls.keepAfter[target] = len(ls.parents)
+	}
 	ls.marks[target] |= m
 	return nil
+}
+
+// addKeepDirs records the lower directories that survive the layer's own
+// whiteouts and opaque markers. umoci removes what they name except the
+// layer's entries so far and their parents: a lower directory that was such
+// a parent, and that the layer did not replace with its own entry, stays
+// with its metadata, though the rest under it goes.
+func (f *flattener) addKeepDirs(ls *layerState) {
+	kept := func(i int, a string) bool {
+		n, ok := ls.keepAfter[a]
+		return ok && i < n
+	}
+	for i, p := range ls.parents {
+		if ls.marks[p]&(markDir|markNonDir) != 0 {
+			continue
+		}
+		keep := kept(i, ".")
+		for j := strings.LastIndexByte(p, '/'); !keep && j > 0; j = strings.LastIndexByte(p[:j], '/') {
+			keep = kept(i, p[:j])
+		}
+		if keep {
+			f.keep(p)
+		}
+	}
+}
+
+// pruneKeepDirs forgets the kept directories that layer ls, below the layer
+// that kept them, replaces or removes: below it, nothing of them was left
+// to keep.
+func (f *flattener) pruneKeepDirs(ls *layerState) {
+	const removes = markNonDir | markWhiteout | markOpaque
+	for p := range f.keepDirs {
+		gone := ls.marks[p]&(markDir|markNonDir|markWhiteout) != 0 || ls.marks["."]&removes != 0
+		for j := strings.LastIndexByte(p, '/'); !gone && j > 0; j = strings.LastIndexByte(p[:j], '/') {
+			gone = ls.marks[p[:j]]&removes != 0
+		}
+		for _, g := range ls.keepGone {
+			if gone {
+				break
+			}
+			gone = p == g || strings.HasPrefix(p, g+"/")
+		}
+		if gone {
+			f.unkeep(p)
+		}
+	}
+}
+
+func (f *flattener) keep(p string) {
+	if _, ok := f.keepDirs[p]; ok {
+		return
+	}
+	if f.keepDirs == nil {
+		f.keepDirs, f.keepUnder = make(map[string]struct{}), make(map[string]int)
+	}
+	f.keepDirs[p] = struct{}{}
+	for a := p; a != "."; a = path.Dir(a) {
+		f.keepUnder[a]++
+	}
+}
+
+func (f *flattener) unkeep(p string) {
+	delete(f.keepDirs, p)
+	for a := p; a != "."; a = path.Dir(a) {
+		if f.keepUnder[a]--; f.keepUnder[a] == 0 {
+			delete(f.keepUnder, a)
+		}
+	}
 }
 
 // buried reports whether an upper layer hides everything under an ancestor
@@ -531,6 +868,7 @@ func (ls *layerState) markParents(p string) {
 			return // and so are all of its ancestors
 		}
 		ls.marks[a] = m | markParent
+		ls.parents = append(ls.parents, a)
 	}
 }
 
@@ -570,13 +908,16 @@ func (f *flattener) emit(ls *layerState, ino *inode, names []string, content io.
 			} else if err := f.write(h, nil); err != nil {
 				return err
 			}
-			ino.extra = append(ino.extra, n)
+			ino.names.add(n)
 		}
 	}
 	return nil
 }
 
 func (f *flattener) write(h *tar.Header, data io.Reader) error {
+	if f.implicit != nil && h.Typeflag == tar.TypeDir {
+		delete(f.implicit, strings.TrimSuffix(h.Name, "/"))
+	}
 	if err := f.tw.WriteHeader(h); err != nil {
 		return fmt.Errorf("writing %q: %w", h.Name, err)
 	}

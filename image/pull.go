@@ -150,6 +150,17 @@ func pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 		return Image{}, err
 	}
 	defer src.close()
+	name := src.name
+	if opts.Name != "" {
+		name = opts.Name
+	} else if err := checkDerivedName(src.name); err != nil {
+		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	// A name already holding this manifest is up to date: no blob is
+	// requested (not even the config) and nothing is flattened.
+	if img, ok, err := upToDate(ctx, s, src, name, opts, platform); err != nil || ok {
+		return img, err
+	}
 	meta, err := readMetadata(ctx, src, ref)
 	if err != nil {
 		return Image{}, err
@@ -165,14 +176,13 @@ func pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 			return Image{}, errorf(ErrInvalidPlatform, "%s is a single-platform image for %s, not %s", ref, platformString(has), platformString(platform))
 		}
 	}
-	meta.image.Name = src.name
-	if opts.Name != "" {
-		meta.image.Name = opts.Name
-	} else if err := checkDerivedName(src.name); err != nil {
-		return Image{}, fmt.Errorf("pull %s: %w", ref, err)
-	}
+	meta.image.Name = name
 	meta.image.Reference = ref
 	meta.image.PulledAt = opts.Now()
+	// The image may be in the store under another name: name it too.
+	if img, ok, err := s.Link(ctx, meta.image); err != nil || ok {
+		return img, err
+	}
 
 	// Flattening reads the layers top-down and starts as soon as the top
 	// layer is in the cache, while the layers below are still fetched.
@@ -180,9 +190,7 @@ func pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 	if err != nil {
 		return Image{}, err
 	}
-	img, addErr := s.add(ctx, meta.image, func(dir string) error {
-		return writeRootfs(ctx, dir, fetches.file, meta.diffIDs)
-	})
+	img, addErr := flattenInto(ctx, s, meta, fetches)
 	if addErr != nil {
 		cancel() // flattening failed: stop the fetches still running
 	}
@@ -194,6 +202,47 @@ func pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 		return Image{}, fmt.Errorf("pull %s: %w", meta.image.Reference, err)
 	}
 	return img, addErr
+}
+
+// flattenInto writes the image's rootfs into a store stage and commits it.
+func flattenInto(ctx context.Context, s *Store, meta *metadata, f *fetches) (Image, error) {
+	stage, err := s.Begin(ctx)
+	if err != nil {
+		return Image{}, err
+	}
+	defer stage.Abort()
+	if err := writeRootfs(ctx, stage.Dir(), f.file, meta.diffIDs); err != nil {
+		return Image{}, fmt.Errorf("pull %s: %w", meta.image.Reference, err)
+	}
+	return stage.Commit(ctx, meta.image)
+}
+
+// upToDate reports whether name already holds the manifest src resolved
+// to. A platform asked of a single-platform image must still match what is
+// stored (a pull of it would check the config).
+func upToDate(ctx context.Context, s *Store, src *source, name string, opts PullOptions, platform v1.Platform) (Image, bool, error) {
+	if !src.kind.hasManifest() {
+		return Image{}, false, nil
+	}
+	raw, err := src.img.RawManifest()
+	if err != nil {
+		return Image{}, false, nil // readMetadata reports it
+	}
+	digest := v1.Hash{Algorithm: "sha256", Hex: sha256Hex(raw)}
+	if src.manifestDigest != (v1.Hash{}) && src.manifestDigest != digest {
+		return Image{}, false, nil // readMetadata reports it
+	}
+	img, ok, err := s.UpToDate(ctx, name, digest.String())
+	if err != nil || !ok {
+		return Image{}, false, err
+	}
+	if opts.Platform != "" && !src.picked {
+		if has, err := ParsePlatform(img.Platform); err != nil || has.OS != platform.OS || has.Architecture != platform.Architecture ||
+			platform.Variant != "" && has.Variant != platform.Variant {
+			return Image{}, false, nil
+		}
+	}
+	return img, true, nil
 }
 
 type metadata struct {
@@ -300,27 +349,38 @@ func readMetadata(ctx context.Context, src *source, ref string) (*metadata, erro
 	meta.image.Cmd = cfg.Config.Cmd
 	meta.image.WorkingDir = cfg.Config.WorkingDir
 	meta.image.User = cfg.Config.User
+	fillInspect(&meta.image, cfg, meta.layers)
 	return meta, nil
 }
 
 // fetches are the layer blobs being passed through the cache.
 type fetches struct {
-	mu    sync.Mutex // guards files
-	files []*os.File
-	errs  []error
+	cache *cache.Cache
+	blobs []cache.Blob // blobs[i] fetches layer i again, from the cache
+	mu    sync.Mutex   // guards files and open
+	// files[i] is layer i's verified blob, kept open from its fetch until
+	// the flattener reads it, so that a prune renaming the cache meanwhile
+	// costs nothing. At most maxOpen are kept: an image of 2,000 layers
+	// must not hold 2,000 descriptors. Past that, a fetched blob is closed
+	// and opened again from the cache when the flattener needs it.
+	files   []*os.File
+	open    int
+	maxOpen int
+	errs    []error
 	// cause is the first fetch failure that came while the pull was still
 	// going: what failed after it failed because of it.
 	causeOnce sync.Once
 	cause     error
 	done      []chan struct{} // done[i] is closed when layer i is fetched or failed
-	// open holds a token for each verified blob file held open: an image
-	// of 2,000 layers must not hold 2,000 descriptors.
-	open chan struct{}
-	wg   sync.WaitGroup
+	wg        sync.WaitGroup
 }
 
 // file waits for layer i and returns its open, verified blob file,
-// positioned at the start, and the function that closes it.
+// positioned at the start, and the function that closes it. It may be
+// called again for a layer after the file was closed (the flattener reads
+// the layers below a layer once more to resolve symlinked parents): the
+// blob is then opened from the cache again, verified again, and fetched
+// again if a prune removed it.
 func (f *fetches) file(ctx context.Context, i int) (*os.File, func(), error) {
 	select {
 	case <-f.done[i]:
@@ -332,34 +392,57 @@ func (f *fetches) file(ctx context.Context, i int) (*os.File, func(), error) {
 	}
 	f.mu.Lock()
 	file := f.files[i]
+	f.files[i] = nil
 	f.mu.Unlock()
+	release := func() { f.release(file) }
 	if file == nil {
-		return nil, nil, fmt.Errorf("layer %d: blob already closed", i)
+		var err error
+		if file, err = f.cache.Fetch(ctx, f.blobs[i]); err != nil {
+			return nil, nil, fmt.Errorf("layer %d: %w", i, err)
+		}
+		release = func() { file.Close() }
 	}
 	if _, err := file.Seek(0, io.SeekStart); err != nil {
+		release()
 		return nil, nil, err
 	}
-	return file, func() { f.release(i) }, nil
+	return file, release, nil
 }
 
-// release closes layer i's blob file, if open, and frees its token.
-func (f *fetches) release(i int) {
+// keep holds layer i's freshly fetched blob open for the flattener, or
+// closes it when maxOpen are held already.
+func (f *fetches) keep(i int, file *os.File) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.files[i] != nil {
-		f.files[i].Close()
-		f.files[i] = nil
-		<-f.open
+	if f.open >= f.maxOpen {
+		file.Close()
+		return
 	}
+	f.files[i] = file
+	f.open++
 }
 
-// wait waits for every fetch to end, closes the blob files and returns the
-// failure that caused the others, if any.
+// release closes a kept blob file and frees its place.
+func (f *fetches) release(file *os.File) {
+	file.Close()
+	f.mu.Lock()
+	f.open--
+	f.mu.Unlock()
+}
+
+// wait waits for every fetch to end, closes the blob files still kept and
+// returns the failure that caused the others, if any.
 func (f *fetches) wait() error {
 	f.wg.Wait()
-	for i := range f.files {
-		f.release(i)
+	f.mu.Lock()
+	for i, file := range f.files {
+		if file != nil {
+			file.Close()
+			f.files[i] = nil
+			f.open--
+		}
 	}
+	f.mu.Unlock()
 	if f.cause != nil {
 		return f.cause
 	}
@@ -368,8 +451,9 @@ func (f *fetches) wait() error {
 
 // fetchLayers starts passing every layer blob through the cache, opts.Jobs at
 // a time, top layer first because flattening reads it first. At most
-// 2×opts.Jobs verified blobs are held open: a fetch starts only when the
-// flattener has released enough of those before it. On the first failure
+// 2×opts.Jobs verified blobs are kept open for the flattener, plus the
+// downloads in flight; the others are opened again from the cache when it
+// needs them (see fetches.file). On the first failure
 // it calls cancel, which must end ctx and the context src was resolved
 // with, so that the other downloads stop. The caller must call wait on the
 // result.
@@ -398,10 +482,12 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 	}
 
 	f := &fetches{
-		files: make([]*os.File, n),
-		errs:  make([]error, n),
-		done:  make([]chan struct{}, n),
-		open:  make(chan struct{}, 2*opts.Jobs),
+		cache:   c,
+		blobs:   make([]cache.Blob, n),
+		files:   make([]*os.File, n),
+		maxOpen: 2 * opts.Jobs,
+		errs:    make([]error, n),
+		done:    make([]chan struct{}, n),
 	}
 	queue := make(chan int, n)
 	for i := n - 1; i >= 0; i-- {
@@ -413,7 +499,6 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 		defer close(f.done[i])
 		if err := ctx.Err(); err != nil {
 			f.errs[i] = err
-			<-f.open
 			return
 		}
 		d := meta.layers[i]
@@ -429,8 +514,10 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 				return src.openBlob(ctx, d)
 			},
 			Retryable: src.kind.retryable,
-			Progress:  progress,
 		}
+		again := b // opening it again reports no progress: the bytes were counted
+		f.blobs[i] = again
+		b.Progress = progress
 		file, err := c.Fetch(ctx, b)
 		if err == nil && opts.LayerDone != nil {
 			size := d.Size
@@ -440,7 +527,6 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 			opts.LayerDone(LayerDone{Index: i, Digest: b.Digest, Size: size, Cached: !downloaded.Load()})
 		}
 		if err != nil {
-			<-f.open
 			f.errs[i] = fmt.Errorf("layer %d: %w", i, err)
 			if ctx.Err() == nil {
 				f.causeOnce.Do(func() { f.cause = f.errs[i] })
@@ -448,27 +534,17 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 			cancel() // one failed layer fails the pull: stop the others
 			return
 		}
-		f.mu.Lock()
-		f.files[i] = file
-		f.mu.Unlock()
+		f.keep(i, file)
 	}
 	for range min(opts.Jobs, n) {
 		f.wg.Go(func() {
-			for {
-				// The token is taken before the layer, and layers leave
-				// the queue in the order the flattener reads them: the
-				// blobs held open are always the next ones it needs.
-				select {
-				case f.open <- struct{}{}:
-				case <-ctx.Done():
-					return
-				}
-				i, ok := <-queue
-				if !ok {
-					<-f.open
-					return
-				}
-				fetch(i)
+			// Layers leave the queue in the order the flattener reads
+			// them, so the blobs kept open are the next ones it needs.
+			// Fetching never waits for the flattener: a download-bound
+			// pull keeps the link busy, and the flattener can always get
+			// any layer it asks for, in any order, without a deadlock.
+			for i := range queue {
+				fetch(i) // after a failure, each remaining one just ends
 			}
 		})
 	}
@@ -510,7 +586,7 @@ func retryable(err error) bool {
 // writeRootfs flattens the layers into dir/rootfs.tar; layer(ctx, i) waits
 // for layer i's blob and returns it with the function that closes it.
 func writeRootfs(ctx context.Context, dir string, layer func(context.Context, int) (*os.File, func(), error), diffIDs []v1.Hash) error {
-	out, err := os.OpenFile(filepath.Join(dir, rootfsName), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	out, err := os.OpenFile(filepath.Join(dir, rootfsName), os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
 	if err != nil {
 		return err
 	}

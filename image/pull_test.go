@@ -3,6 +3,7 @@ package image
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -70,6 +71,10 @@ func (e *testEnv) checkNothingPublished(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, ent := range entries {
+		switch ent.Name() {
+		case versionName, namesName, lockName: // the store's own files
+			continue
+		}
 		t.Errorf("store after a failed pull: found %q, want no entries", ent.Name())
 	}
 	tmps, err := os.ReadDir(filepath.Join(e.cacheDir, "tmp"))
@@ -365,8 +370,10 @@ func TestPull(t *testing.T) {
 	}
 }
 
-// TestPullAgain pulls one image twice through one cache: the second pull
-// reads the cached blobs, and replaces the first image.
+// TestPullAgain pulls one image twice through one cache (issue 13): the
+// second pull finds it up to date (by manifest; a docker archive, which has
+// none, by config) and flattens nothing; pulled again after rm, it reads
+// the cached blobs and gets the same ID, since the ID is the config's.
 func TestPullAgain(t *testing.T) {
 	for _, kind := range []string{"registry", "oci", "docker-archive"} {
 		t.Run(kind, func(t *testing.T) {
@@ -376,23 +383,43 @@ func TestPullAgain(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Pull(%s) error = %v", ref, err)
 			}
+			before, err := os.Stat(first.Rootfs)
+			if err != nil {
+				t.Fatal(err)
+			}
 			var progress []int64
 			second, err := Pull(t.Context(), e.cache, e.store, ref, PullOptions{Progress: func(done, total int64) { progress = append(progress, done) }})
 			if err != nil {
 				t.Fatalf("Pull(%s) again: error = %v", ref, err)
 			}
-			if first.ID == second.ID || first.Name != second.Name {
-				t.Errorf("Pull(%s) twice = IDs %s, %s names %q, %q, want new ID, same name", ref, first.ID, second.ID, first.Name, second.Name)
+			if first.ID != second.ID || first.Name != second.Name || first.Rootfs != second.Rootfs {
+				t.Errorf("Pull(%s) twice = IDs %s, %s names %q, %q, want one ID, one name, one rootfs", ref, first.ID, second.ID, first.Name, second.Name)
+			}
+			if wantUpToDate := kind != "docker-archive"; second.UpToDate != wantUpToDate {
+				t.Errorf("Pull(%s) again: UpToDate = %v, want %v", ref, second.UpToDate, wantUpToDate)
+			}
+			if after, err := os.Stat(second.Rootfs); err != nil || !os.SameFile(before, after) {
+				t.Errorf("Pull(%s) again replaced the rootfs (%v), want the one flattened first", ref, err)
+			}
+			if len(progress) != 0 {
+				t.Errorf("Pull(%s) again: Progress called %d times, want no blob read", ref, len(progress))
+			}
+			if _, err := e.store.Remove(t.Context(), false, second.Name); err != nil {
+				t.Fatal(err)
+			}
+			third, err := Pull(t.Context(), e.cache, e.store, ref, PullOptions{Progress: func(done, total int64) { progress = append(progress, done) }})
+			if err != nil {
+				t.Fatalf("Pull(%s) after rm: error = %v", ref, err)
 			}
 			if len(progress) == 0 {
-				t.Errorf("Pull(%s) again: Progress never called for cache hits", ref)
+				t.Errorf("Pull(%s) after rm: Progress never called for cache hits", ref)
 			}
 			all, err := e.store.List(t.Context())
-			if err != nil || len(all) != 1 || all[0].ID != second.ID {
-				t.Errorf("List() = %+v, %v, want only %s", all, err, second.ID)
+			if err != nil || len(all) != 1 || all[0].ID != first.ID || third.ID != first.ID || third.UpToDate {
+				t.Errorf("List() = %+v, %v, want only %s", all, err, first.ID)
 			}
-			if files := rootfsFiles(t, second); files["app/run"] != "run\n" {
-				t.Errorf("Pull(%s) again: rootfs = %q, want app/run", ref, files)
+			if files := rootfsFiles(t, third); files["app/run"] != "run\n" {
+				t.Errorf("Pull(%s) after rm: rootfs = %q, want app/run", ref, files)
 			}
 		})
 	}
@@ -1129,4 +1156,39 @@ func hangManifests(h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// TestPullResolvesThroughManyLayers pulls a merged-/usr image whose top
+// layer adds bin/hello without declaring bin, so the flattener reads the
+// layers below once more, bottom first, while fetches go top first. With
+// more layers than the blobs kept open (2×Jobs) and from every source, the
+// pull must neither hang nor find a blob already closed, and /bin stays a
+// symlink (issue 12).
+func TestPullResolvesThroughManyLayers(t *testing.T) {
+	for _, kind := range []string{"registry", "oci", "docker-archive"} {
+		t.Run(kind, func(t *testing.T) {
+			layers := []v1.Layer{gzipLayer(t, tDir("usr"), tDir("usr/bin"), tReg("usr/bin/sh", "sh\n"), tSym("bin", "usr/bin"))}
+			for i := range 8 {
+				layers = append(layers, gzipLayer(t, tReg(fmt.Sprintf("f%d", i), "x\n")))
+			}
+			layers = append(layers, gzipLayer(t, tReg("bin/hello", "hello\n")))
+			ref := publish(t, kind, testImage(t, linuxAMD64, layers...))
+			e := newTestEnv(t)
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			img, err := Pull(ctx, e.cache, e.store, ref, PullOptions{Jobs: 1})
+			if err != nil {
+				t.Fatalf("Pull(%s, Jobs 1) error = %v", ref, err)
+			}
+			files := rootfsFiles(t, img)
+			for name, want := range map[string]string{"usr/bin/sh": "sh\n", "usr/bin/hello": "hello\n"} {
+				if files[name] != want {
+					t.Errorf("rootfs %s = %q, want %q; files: %v", name, files[name], want, files)
+				}
+			}
+			if _, ok := files["bin/hello"]; ok {
+				t.Errorf("rootfs has bin/hello as a file under a directory bin, want bin -> usr/bin")
+			}
+		})
+	}
 }

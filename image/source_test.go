@@ -307,17 +307,18 @@ func TestIsTransportLike(t *testing.T) {
 
 func TestResolveUnknownTransport(t *testing.T) {
 	tests := []struct {
-		name, ref string
+		name, ref, want string
 	}{
-		{"docker scheme", "docker://alpine"},
-		{"dir", "dir:/tmp/x"},
-		{"containers-storage", "containers-storage:alpine:3.20"},
+		{"docker scheme", "docker://alpine", `unknown transport "docker"`},
+		{"unknown", "frob:/tmp/x", `unknown transport "frob"`},
+		{"dir", "dir:/tmp/x", `unknown transport "dir" in "dir:/tmp/x" (one of skopeo's that banger does not read): convert it with`},
+		{"containers-storage", "containers-storage:alpine:3.20", `export the image with ` + "`podman save"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := resolve(t.Context(), tt.ref, linuxAMD64, PullOptions{})
-			if !errors.Is(err, ErrInvalidReference) || !strings.Contains(err.Error(), "unknown transport") {
-				t.Errorf("resolve(%q) error = %v, want an unknown transport usage error", tt.ref, err)
+			if !errors.Is(err, ErrInvalidReference) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("resolve(%q) error = %v, want a usage error containing %q", tt.ref, err, tt.want)
 			}
 		})
 	}

@@ -14,16 +14,47 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// addImage publishes an image named name whose rootfs.tar holds body.
+// configOf is the config digest of a test image whose rootfs holds body:
+// one body, one image.
+func configOf(body string) string { return "sha256:" + sha256Hex([]byte("config:"+body)) }
+
+// addImage publishes an image named name whose rootfs.tar holds body,
+// through Begin and Commit as a pull does.
 func addImage(t *testing.T, s *Store, name, body string, pulledAt time.Time) Image {
 	t.Helper()
-	img, err := s.add(t.Context(), Image{Name: name, Reference: name, PulledAt: pulledAt}, func(dir string) error {
+	img, err := add(t.Context(), s, Image{Name: name, Reference: name, ConfigDigest: configOf(body), PulledAt: pulledAt}, func(dir string) error {
 		return os.WriteFile(filepath.Join(dir, rootfsName), []byte(body), 0o644)
 	})
 	if err != nil {
 		t.Fatalf("add(%s) error = %v", name, err)
 	}
 	return img
+}
+
+// add is Begin, fill, Commit.
+func add(ctx context.Context, s *Store, img Image, fill func(dir string) error) (Image, error) {
+	stage, err := s.Begin(ctx)
+	if err != nil {
+		return Image{}, err
+	}
+	defer stage.Abort()
+	if err := fill(stage.Dir()); err != nil {
+		return Image{}, err
+	}
+	return stage.Commit(ctx, img)
+}
+
+// imageDirs lists the image directories (and any other entries that are
+// not the store's own files) in dir.
+func imageDirs(t *testing.T, dir string) []string {
+	t.Helper()
+	var names []string
+	for _, n := range dirNames(t, dir) {
+		if n != versionName && n != namesName && n != lockName {
+			names = append(names, n)
+		}
+	}
+	return names
 }
 
 // dirNames lists the names in dir.
@@ -101,7 +132,7 @@ func TestStoreAdd(t *testing.T) {
 			s := NewStore(filepath.Join(t.TempDir(), "images"))
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
-			img, err := s.add(ctx, Image{Name: "x:1", Reference: "x:1", PulledAt: t0.Local()}, func(dir string) error {
+			img, err := add(ctx, s, Image{Name: "x:1", Reference: "x:1", ConfigDigest: configOf("rootfs"), PulledAt: t0.Local()}, func(dir string) error {
 				if tt.cancel {
 					defer cancel()
 				}
@@ -111,7 +142,7 @@ func TestStoreAdd(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Errorf("add() error = %v, want one containing %q", err, tt.wantErr)
 				}
-				if names := dirNames(t, s.dir); len(names) != 0 {
+				if names := imageDirs(t, s.dir); len(names) != 0 {
 					t.Errorf("store after a failed add = %q, want no entries", names)
 				}
 				return
@@ -119,14 +150,14 @@ func TestStoreAdd(t *testing.T) {
 			if err != nil {
 				t.Fatalf("add() error = %v", err)
 			}
-			if names := dirNames(t, s.dir); !slices.Equal(names, []string{img.ID}) {
+			if names := imageDirs(t, s.dir); !slices.Equal(names, []string{img.ID}) {
 				t.Errorf("store after add = %q, want only [%s]", names, img.ID)
 			}
 			if img.Size != int64(len("rootfs")) || img.Rootfs != filepath.Join(s.dir, img.ID, rootfsName) || !img.PulledAt.Equal(t0) || img.PulledAt.Location() != time.UTC {
 				t.Errorf("add() = size %d rootfs %s pulled %v, want 6, %s, %v in UTC", img.Size, img.Rootfs, img.PulledAt, filepath.Join(s.dir, img.ID, rootfsName), t0)
 			}
 			got, err := s.Get(t.Context(), img.ID)
-			if err != nil || !reflect.DeepEqual(got, img) {
+			if err != nil || !reflect.DeepEqual(got, img) || img.ID != sha256Hex([]byte("config:rootfs")) || !slices.Equal(img.Names, []string{"x:1"}) {
 				t.Errorf("Get(%s) = %+v, %v, want %+v", img.ID, got, err, img)
 			}
 		})
@@ -152,7 +183,7 @@ func TestStoreReplace(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(s.dir, old.ID)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("replaced image dir: Stat = %v, want it gone", err)
 	}
-	if names := dirNames(t, s.dir); len(names) != 2 {
+	if names := imageDirs(t, s.dir); len(names) != 2 {
 		t.Errorf("store = %q, want only the two images", names)
 	}
 	b, err := os.ReadFile(replaced.Rootfs)
@@ -178,7 +209,9 @@ func TestStoreGet(t *testing.T) {
 		{"name without tag, stored without tag", "mine", bare.ID},
 		{"missing tag", "alpine", ""},
 		{"missing", "nope:1", ""},
-		{"ID prefix", alpine.ID[:6], ""},
+		{"ID prefix", alpine.ID[:6], alpine.ID},
+		{"short ID", ShortID(local.ID), local.ID},
+		{"hex that prefixes nothing", "ffffffffffffffff", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -231,8 +264,12 @@ func TestStoreRemove(t *testing.T) {
 				}
 				args = append(args, a)
 			}
-			removed, err := s.Remove(t.Context(), args...)
-			if got := imageNames(removed); !slices.Equal(got, tt.wantRemoved) {
+			removed, err := s.Remove(t.Context(), false, args...)
+			var got []string
+			for _, r := range removed {
+				got = append(got, r.Names...)
+			}
+			if !slices.Equal(got, tt.wantRemoved) {
 				t.Errorf("Remove(%q) removed %q, want %q", args, got, tt.wantRemoved)
 			}
 			if tt.wantMissing == nil && err != nil {
@@ -255,7 +292,7 @@ func TestStoreRemove(t *testing.T) {
 			if got := imageNames(left); !slices.Equal(got, tt.wantLeft) {
 				t.Errorf("after Remove(%q): List() = %q, want %q", args, got, tt.wantLeft)
 			}
-			if names := dirNames(t, s.dir); len(names) != len(tt.wantLeft) {
+			if names := imageDirs(t, s.dir); len(names) != len(tt.wantLeft) {
 				t.Errorf("after Remove(%q): store = %q, want only the %d images left", args, names, len(tt.wantLeft))
 			}
 		})
@@ -286,6 +323,7 @@ func TestStoreList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	mk("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", map[string]string{metadataName: string(good), rootfsName: "unnamed"})
 	mk(".tmp-0123456789abcdef", map[string]string{metadataName: string(good), rootfsName: "x"})
 	mk(".removing-0123456789abcdef", map[string]string{metadataName: string(good), rootfsName: "x"})
 	mk(".hidden", map[string]string{metadataName: string(good)})
@@ -450,7 +488,7 @@ func TestStoreLookup(t *testing.T) {
 		})
 	}
 	t.Run("Remove of an ambiguous name removes nothing", func(t *testing.T) {
-		removed, err := s.Remove(t.Context(), "b:1", a.ID)
+		removed, err := s.Remove(t.Context(), false, "b:1", a.ID)
 		if !errors.Is(err, ErrInvalidReference) || len(removed) != 0 {
 			t.Errorf("Remove(b:1, %s) = %d removed, %v; want none removed and ErrInvalidReference", a.ID, len(removed), err)
 		}

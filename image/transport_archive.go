@@ -102,16 +102,16 @@ func resolveArchiveInput(arg string, opts PullOptions) (*source, error) {
 		what, defaultName = "standard input", "stdin:latest"
 	default:
 		file, r := splitPathRef(arg)
-		// Only a regular file is opened: a FIFO would block the open for
-		// ever. resolveArchive says what is wrong with anything else.
-		if fi, err := os.Stat(file); err != nil || !fi.Mode().IsRegular() {
-			return resolveArchive(arg)
-		}
-		f, err := os.Open(file)
+		// O_NONBLOCK: opening a FIFO must not wait for a writer; the type
+		// check in resolveArchive refuses it.
+		f, err := os.OpenFile(file, os.O_RDONLY|unix.O_NONBLOCK, 0)
 		if err != nil {
-			return resolveArchive(arg)
+			return resolveArchive(arg) // which says what is wrong
 		}
 		defer f.Close()
+		if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+			return resolveArchive(arg)
+		}
 		magic := make([]byte, 2)
 		if n, _ := io.ReadFull(f, magic); n < 2 || !bytes.Equal(magic, gzipMagic) {
 			return resolveArchive(arg)
@@ -172,15 +172,14 @@ func resolveOCIArchive(ctx context.Context, arg string, platform v1.Platform, op
 	if file == "" {
 		return nil, errorf(ErrInvalidReference, "oci-archive: needs a file, as in oci-archive:FILE[:TAG]")
 	}
-	// Stat before opening: a FIFO would block the open for ever.
-	if fi, err := os.Stat(file); err == nil && !fi.Mode().IsRegular() {
-		return nil, errorf(ErrUnsupported, "OCI archive %s is a %s, not a regular file", file, fileType(fi.Mode()))
-	}
-	f, err := os.Open(file)
+	f, err := os.OpenFile(file, os.O_RDONLY|unix.O_NONBLOCK, 0) // a FIFO must not block the open
 	if err != nil {
 		return nil, fmt.Errorf("opening OCI archive: %w; expected a tar of an OCI layout (skopeo copy … oci-archive:FILE)", err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err == nil && !fi.Mode().IsRegular() {
+		return nil, errorf(ErrUnsupported, "OCI archive %s is a %s, not a regular file", file, fileType(fi.Mode()))
+	}
 	dir, err := os.MkdirTemp("", "banger-oci-archive-")
 	if err != nil {
 		return nil, fmt.Errorf("unpacking OCI archive %s: %w", file, err)
