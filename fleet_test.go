@@ -29,6 +29,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1010,6 +1011,17 @@ func TestFleetTransports(t *testing.T) {
 		oneLineStderr(t, stderr)
 		if code != 2 || !strings.Contains(stderr, "oci-archive:FILE[:TAG]") {
 			t.Errorf("pull %s: exit %d, stderr %q; want 2 and banger's transports", ref, code, stderr)
+		}
+	}
+	// A FIFO is refused before it is opened (which would block).
+	fifo := filepath.Join(e.dir, "fifo.tar")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{"oci-archive:" + fifo, "docker-archive:" + fifo} {
+		_, stderr, code := e.banger("image", "pull", ref)
+		if code != 1 || !strings.Contains(stderr, "is a FIFO, not a regular file") {
+			t.Errorf("pull %s: exit %d, stderr %q", ref, code, stderr)
 		}
 	}
 	_, stderr, code := e.banger("image", "pull", "oci-archive:"+archive) // a docker archive
