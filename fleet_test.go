@@ -281,6 +281,11 @@ location = %q
 	if !strings.Contains(stdout, `"reference":"`+upstream+`/app:2"`) {
 		t.Errorf("the image's reference is not what was asked for: %s", stdout)
 	}
+	// inspect says which endpoint served it, so an operator can see the
+	// mirror was used.
+	if !strings.Contains(stdout, `"source":"`+mirror.host+`/app:2"`) {
+		t.Errorf("the image's source is not the mirror %s: %s", mirror.host, stdout)
+	}
 	// The proxy fetched the blobs from upstream and keeps them.
 	for _, d := range layerDigests(t, "app:2") {
 		deadline := time.Now().Add(5 * time.Second)

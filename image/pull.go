@@ -178,6 +178,10 @@ func pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 	}
 	meta.image.Name = name
 	meta.image.Reference = ref
+	meta.image.Source = ref
+	if src.served != "" {
+		meta.image.Source = src.served
+	}
 	meta.image.PulledAt = opts.Now()
 	// The image may be in the store under another name: name it too.
 	if img, ok, err := s.Link(ctx, meta.image); err != nil || ok {

@@ -71,10 +71,14 @@ var ErrAmbiguous = errors.New("ambiguous image ID prefix")
 // its names. It is what the store's methods return and what banger prints
 // with --json; the record kept on disk is a separate type (record).
 type Image struct {
-	ID             string    `json:"id"`
-	Name           string    `json:"name"`
-	Names          []string  `json:"names"`
-	Reference      string    `json:"reference"`
+	ID        string   `json:"id"`
+	Name      string   `json:"name"`
+	Names     []string `json:"names"`
+	Reference string   `json:"reference"`
+	// Source is where the image came from: for a registry, the endpoint
+	// (a mirror, or the location registries.conf rewrote to) that served
+	// the manifest; else the reference itself.
+	Source         string    `json:"source,omitempty"`
 	ManifestDigest string    `json:"manifest_digest,omitempty"`
 	ConfigDigest   string    `json:"config_digest"`
 	Platform       string    `json:"platform"`
@@ -146,6 +150,7 @@ type record struct {
 type nameEntry struct {
 	ID             string    `json:"id"`
 	Reference      string    `json:"reference"`
+	Source         string    `json:"source,omitempty"`
 	ManifestDigest string    `json:"manifest_digest,omitempty"`
 	PulledAt       time.Time `json:"pulled_at"`
 }
@@ -393,7 +398,7 @@ func (s *Store) setName(id string, img Image) (Image, error) {
 		return Image{}, err
 	}
 	old, had := idx.Names[img.Name]
-	idx.Names[img.Name] = nameEntry{ID: id, Reference: img.Reference, ManifestDigest: img.ManifestDigest, PulledAt: img.PulledAt.UTC()}
+	idx.Names[img.Name] = nameEntry{ID: id, Reference: img.Reference, Source: img.Source, ManifestDigest: img.ManifestDigest, PulledAt: img.PulledAt.UTC()}
 	if err := s.writeIndex(idx); err != nil {
 		return Image{}, err
 	}
@@ -621,7 +626,7 @@ func (s *Store) image(idx index, name string) (Image, error) {
 	}
 	img := r.image(e.ID)
 	img.Name, img.Names = name, idx.namesOf(e.ID)
-	img.Reference, img.ManifestDigest, img.PulledAt = e.Reference, e.ManifestDigest, e.PulledAt
+	img.Reference, img.Source, img.ManifestDigest, img.PulledAt = e.Reference, e.Source, e.ManifestDigest, e.PulledAt
 	img.Rootfs = filepath.Join(s.dir, e.ID, rootfsName)
 	if info, err := os.Lstat(filepath.Join(s.dir, e.ID, metadataName)); err == nil {
 		img.LastUsed = info.ModTime().UTC()
