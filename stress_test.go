@@ -558,6 +558,19 @@ func TestSharedHost(t *testing.T) {
 		return code, stdout.String(), stderr.String()
 	}
 
+	// Nor read the flattened image, nor list root's store: docker keeps
+	// /var/lib/docker 0710 for the same reason (CVE-2021-41091).
+	rootfs, err := filepath.Glob(filepath.Join(e.data, "images", "*", "rootfs.tar"))
+	if err != nil || len(rootfs) != 1 {
+		t.Fatalf("want one rootfs.tar after root's pull, found %v (%v)", rootfs, err)
+	}
+	if code, out, _ := nobody("cat", rootfs[0]); code == 0 {
+		t.Errorf("uid 65534 read rootfs %s (%d bytes)", rootfs[0], len(out))
+	}
+	if code, _, stderr := nobody(bin, "image", "ls", "--data-dir", e.data); code != 1 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "permission denied") || !strings.Contains(stderr, "--data-dir") {
+		t.Errorf("uid 65534 listing root's store: exit %d, stderr %q; want 1 and one line naming permission and --data-dir", code, stderr)
+	}
+
 	// The other user can neither read a blob nor take a lock.
 	if code, out, _ := nobody("cat", blobs[0]); code == 0 {
 		t.Errorf("uid 65534 read blob %s (%d bytes)", blobs[0], len(out))
