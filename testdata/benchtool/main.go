@@ -10,6 +10,8 @@
 //
 //	benchtool mktree -n N [-seed S] ROOT...
 //	benchtool mkimage -size SIZE [-layers 5] [-seed S] [-tag T] DIR
+//	benchtool mkfiles -n N [-tag T] DIR
+//	benchtool blobbytes -tag T DIR
 //	benchtool push -tag T DIR REF
 //	benchtool layers -tag T DIR
 //	benchtool serve [-addr 127.0.0.1:0] [-addr-file F] -dir DIR
@@ -29,13 +31,15 @@ func main() {
 		usage()
 	}
 	cmds := map[string]func(args []string) error{
-		"mktree":  mktree,
-		"mkimage": mkimage,
-		"push":    push,
-		"layers":  layers,
-		"serve":   serve,
-		"stats":   stats,
-		"link":    link,
+		"mktree":    mktree,
+		"mkimage":   mkimage,
+		"mkfiles":   mkfiles,
+		"blobbytes": blobBytes,
+		"push":      push,
+		"layers":    layers,
+		"serve":     serve,
+		"stats":     stats,
+		"link":      link,
 	}
 	run, ok := cmds[os.Args[1]]
 	if !ok {
@@ -48,7 +52,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: benchtool mktree|mkimage|push|layers|serve|stats|link ...; see the package doc in testdata/benchtool/main.go")
+	fmt.Fprintln(os.Stderr, "usage: benchtool mktree|mkimage|mkfiles|blobbytes|push|layers|serve|stats|link ...; see the package doc in testdata/benchtool/main.go")
 	os.Exit(2)
 }
 
