@@ -523,7 +523,8 @@ if want link; then
 	# link_round REF I: one round of banger (a cold pull, then, once the
 	# image is removed, a pull whose blobs are all cached), crane export and
 	# skopeo copy of REF, each from nothing, in an order that turns with I;
-	# appends times to lb/lw/lc/ls and the cold pull's peak RSS (KiB) to lr.
+	# appends times to lb/lw/lc/ls, banger's CPU time (user+sys) to
+	# lbcpu/lwcpu and the cold pull's peak RSS (KiB) to lr.
 	link_round() {
 		local ref=$1 i=$2 who
 		for who in $(turn "$i" banger crane skopeo); do
@@ -532,12 +533,12 @@ if want link; then
 			sync
 			case $who in
 			banger)
-				timed /usr/bin/time -f %M -o "$work/rss" "$banger" --cache-dir "$work/cold/c" --data-dir "$work/cold/d" image pull -q --name link "$ref"
-				lb+=("$elapsed") lr+=("$(tail -n 1 "$work/rss")")
+				timed /usr/bin/time -f "%U %S %M" -o "$work/cpu" "$banger" --cache-dir "$work/cold/c" --data-dir "$work/cold/d" image pull -q --name link "$ref"
+				lb+=("$elapsed") lbcpu+=("$(cpu_us)") lr+=("$(awk '{ print $3 }' "$work/cpu")")
 				quiet "$banger" --cache-dir "$work/cold/c" --data-dir "$work/cold/d" image rm link
 				sync
-				timed "$banger" --cache-dir "$work/cold/c" --data-dir "$work/cold/d" image pull -q --name link "$ref"
-				lw+=("$elapsed")
+				timed /usr/bin/time -f "%U %S" -o "$work/cpu" "$banger" --cache-dir "$work/cold/c" --data-dir "$work/cold/d" image pull -q --name link "$ref"
+				lw+=("$elapsed") lwcpu+=("$(cpu_us)")
 				;;
 			crane)
 				timed "$crane" export --insecure "$ref" "$work/cold/rootfs.tar"
@@ -564,13 +565,13 @@ if want link; then
 		# The link's transfer time of the blob bytes, in µs.
 		xfer=$(awk -v b="$link_bytes" -v r="${link_bits[$k]}" 'BEGIN { printf "%d", b * 8 / r * 1e6 }')
 		log "$n. the $main_label image over a $rate link (rtt $link_rtt per connection): banger cold and after image rm, crane export, skopeo copy ($link_reps rounds)"
-		lb=() lw=() lc=() ls=() lr=()
+		lb=() lw=() lc=() ls=() lr=() lbcpu=() lwcpu=()
 		for i in $(seq "$link_reps"); do link_round "$ref" "$i"; done
 		kill "$link_pid" 2>/dev/null || true
 		wait "$link_pid" 2>/dev/null || true
 		mb=$(median "${lb[@]}") mw=$(median "${lw[@]}") mc=$(median "${lc[@]}")
 		what="over a $rate link (rtt $link_rtt), $main_label / 5 layers"
-		row "${n}a" "cold pull + flatten $what, vs the link's transfer time of its $(kib $((link_bytes / 1024))) of blobs (peak RSS $(kib "$(median "${lr[@]}")"))" "$(dur "$mb")" "$(dur "$xfer")" "$(ratio "$mb" "$xfer")" "≤ ${link_goal[$k]}×" "$(yesno le "$(calc "$mb/$xfer")" "${link_goal[$k]}")"
+		row "${n}a" "cold pull + flatten $what, vs the link's transfer time of its $(kib $((link_bytes / 1024))) of blobs (CPU user+sys $(dur "$(median "${lbcpu[@]}")"); peak RSS $(kib "$(median "${lr[@]}")"))" "$(dur "$mb")" "$(dur "$xfer")" "$(ratio "$mb" "$xfer")" "≤ ${link_goal[$k]}×" "$(yesno le "$(calc "$mb/$xfer")" "${link_goal[$k]}")"
 		row "${n}b" "cold pull + flatten $what, vs \`crane export\` through the same link" "$(dur "$mb")" "$(dur "$mc")" "$(ratio "$mb" "$mc")" "≤ 0.75×" "$(yesno le "$(calc "$mb/$mc")" 0.75)"
 		if ((have_skopeo)); then
 			ms=$(median "${ls[@]}")
@@ -578,7 +579,7 @@ if want link; then
 		else
 			row "${n}c" "cold pull + flatten $what, vs \`skopeo copy\`" "$(dur "$mb")" "n/a" "n/a" "— (for scale)" "n/a (skopeo not installed)"
 		fi
-		row "${n}d" "pull after \`image rm\` (blobs cached) vs cold pull, $what" "$(dur "$mw")" "$(dur "$mb")" "$(ratio "$mw" "$mb")" "≤ 0.07×" "$(yesno le "$(calc "$mw/$mb")" 0.07)"
+		row "${n}d" "pull after \`image rm\` (blobs cached) vs cold pull, $what (CPU user+sys $(dur "$(median "${lwcpu[@]}")"))" "$(dur "$mw")" "$(dur "$mb")" "$(ratio "$mw" "$mb")" "≤ 0.07×" "$(yesno le "$(calc "$mw/$mb")" 0.07)"
 	done
 fi
 
