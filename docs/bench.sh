@@ -628,7 +628,7 @@ rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD 2>/dev/null || rev="$rev (with uncommitted changes)"
 
 cat <<EOF
-Run: \`bash docs/bench.sh$( ((quick)) && echo " --quick")$([[ -n $only ]] && echo " --only $(echo $only | tr ' ' ,)")\` ($mode mode, median of $reps rounds, $prune_reps for row 1; ${total}s in all), $(date -u '+%Y-%m-%d %H:%M UTC'), banger $rev.
+Run: \`bash docs/bench.sh$( ((quick)) && echo " --quick")$([[ -n $only ]] && echo " --only $(echo $only | tr ' ' ,)")\` ($mode mode, median of $reps rounds, $prune_reps for row 1, at most 3 for rows 4c, 7b, 9 and 10, $files_reps for row 11; ${total}s in all), $(date -u '+%Y-%m-%d %H:%M UTC'), banger $rev.
 
 | what | banger | reference | ratio | goal | met? |
 |---|---|---|---|---|---|
