@@ -15,7 +15,7 @@
 # 3b), cold (4, 7), flatten (5), warm (6), startup (8), link (9, 10: pulls
 # over an emulated 400 Mbit/s and 1 Gbit/s link) and files (11: one layer
 # of a million empty files). BENCH_REPS=N overrides the repetitions,
-# BENCH_TMPDIR the directory the work dir is made in (default $TMPDIR or
+# BENCH_FILES_REPS=N those of rows 11 (default 1), BENCH_TMPDIR the directory the work dir is made in (default $TMPDIR or
 # /tmp; it decides the filesystem measured). docs/BENCHMARKS.md holds the
 # latest table and says what each row measures.
 #
