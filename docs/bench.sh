@@ -15,9 +15,10 @@
 # 3b), cold (4, 7), flatten (5), warm (6), startup (8), link (9, 10: pulls
 # over an emulated 400 Mbit/s and 1 Gbit/s link) and files (11: one layer
 # of a million empty files). BENCH_REPS=N overrides the repetitions,
-# BENCH_FILES_REPS=N those of rows 11 (default 1), BENCH_TMPDIR the directory the work dir is made in (default $TMPDIR or
-# /tmp; it decides the filesystem measured). docs/BENCHMARKS.md holds the
-# latest table and says what each row measures.
+# BENCH_FILES_REPS=N those of rows 11 (default 1), BENCH_TMPDIR the
+# directory the work dir is made in (default $TMPDIR or /tmp; it decides
+# the filesystem measured). docs/BENCHMARKS.md holds the latest table and
+# says what each row measures.
 #
 # Needs Go; installs docker-registry, skopeo and time with apt-get when they
 # are missing and it can, and crane with `go install` into the work dir.
