@@ -86,6 +86,14 @@ func mkimage(args []string) error {
 		}
 	}
 
+	return writeImage(dir, *tag, results)
+}
+
+// writeImage writes the config, manifest and index.json of an image made of
+// the layers in results (bottom first) into the layout at dir, whose blobs
+// are already in place.
+func writeImage(dir, tag string, results []layerResult) error {
+	blobs := filepath.Join(dir, "blobs", "sha256")
 	cfg := v1.ConfigFile{
 		Architecture: runtime.GOARCH,
 		OS:           "linux",
@@ -129,7 +137,7 @@ func mkimage(args []string) error {
 			MediaType:   types.OCIManifestSchema1,
 			Size:        int64(len(rawManifest)),
 			Digest:      manifestDigest,
-			Annotations: map[string]string{refNameAnnotation: *tag},
+			Annotations: map[string]string{refNameAnnotation: tag},
 		}},
 	}
 	rawIndex, err := json.Marshal(index)
@@ -142,7 +150,7 @@ func mkimage(args []string) error {
 	if err := os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "image %s: %.1f MiB uncompressed, %.1f MiB compressed, manifest %s\n", *tag, mib(total), mib(compressed), manifestDigest)
+	fmt.Fprintf(os.Stderr, "image %s: %.1f MiB uncompressed, %.1f MiB compressed, manifest %s\n", tag, mib(total), mib(compressed), manifestDigest)
 	return nil
 }
 

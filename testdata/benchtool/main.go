@@ -1,6 +1,8 @@
 // Command benchtool builds the fixtures that docs/bench.sh measures banger
-// against: cache trees of many small blobs, deterministic OCI images, and a
-// registry on 127.0.0.1 that counts the blob bytes it serves. It is not part
+// against: cache trees of many small blobs, deterministic OCI images, a
+// registry on 127.0.0.1 that counts the blob bytes it serves, and a proxy
+// that puts an emulated network link (shared bandwidth, a round trip per
+// connection) in front of a loopback registry. It is not part
 // of banger; it lives under testdata/ so that `go test ./...` and
 // `go vet ./...` leave it alone, and runs with `go run ./testdata/benchtool`.
 //
@@ -8,10 +10,13 @@
 //
 //	benchtool mktree -n N [-seed S] ROOT...
 //	benchtool mkimage -size SIZE [-layers 5] [-seed S] [-tag T] DIR
+//	benchtool mkfiles -n N [-tag T] DIR
+//	benchtool blobbytes -tag T DIR
 //	benchtool push -tag T DIR REF
 //	benchtool layers -tag T DIR
 //	benchtool serve [-addr 127.0.0.1:0] [-addr-file F] -dir DIR
 //	benchtool stats [-reset] -tag T URL DIR
+//	benchtool link [-rate 400Mbit] [-rtt 5ms] [-addr-file F] -upstream HOST:PORT
 package main
 
 import (
@@ -26,12 +31,15 @@ func main() {
 		usage()
 	}
 	cmds := map[string]func(args []string) error{
-		"mktree":  mktree,
-		"mkimage": mkimage,
-		"push":    push,
-		"layers":  layers,
-		"serve":   serve,
-		"stats":   stats,
+		"mktree":    mktree,
+		"mkimage":   mkimage,
+		"mkfiles":   mkfiles,
+		"blobbytes": blobBytes,
+		"push":      push,
+		"layers":    layers,
+		"serve":     serve,
+		"stats":     stats,
+		"link":      link,
 	}
 	run, ok := cmds[os.Args[1]]
 	if !ok {
@@ -44,7 +52,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: benchtool mktree|mkimage|push|layers|serve|stats ...; see the package doc in testdata/benchtool/main.go")
+	fmt.Fprintln(os.Stderr, "usage: benchtool mktree|mkimage|mkfiles|blobbytes|push|layers|serve|stats|link ...; see the package doc in testdata/benchtool/main.go")
 	os.Exit(2)
 }
 

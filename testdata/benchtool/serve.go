@@ -50,11 +50,7 @@ func serve(args []string) error {
 	)
 	srv := &http.Server{Handler: st.handler(reg)}
 	if *addrFile != "" {
-		tmp := *addrFile + ".tmp"
-		if err := os.WriteFile(tmp, []byte(l.Addr().String()+"\n"), 0o644); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, *addrFile); err != nil {
+		if err := writeAddrFile(*addrFile, l.Addr().String()); err != nil {
 			return err
 		}
 	}
