@@ -24,71 +24,25 @@ func TestDocsRecipes(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Every prune command line in the docs runs against an empty cache.
+	// Every prune command line in the docs runs against an empty cache and
+	// an empty store (issue 13 for the image side).
 	e := newBangerEnv(t, "")
-	prune := regexp.MustCompile(`banger (image cache prune[^\n|>]*)`)
-	found := 0
-	for _, m := range prune.FindAllStringSubmatch(string(cron)+string(ci), -1) {
-		args := strings.Fields(m[1])
-		found++
-		// The recipes count on a successful prune printing nothing on
-		// stderr (cron mails it), and -q nothing at all.
-		var stdout, stderr bytes.Buffer
-		cmd := e.cmd(args...)
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		if err := cmd.Run(); err != nil {
-			t.Errorf("banger %s: %v; stderr: %s", m[1], err, stderr.String())
+	docs := string(cron) + string(ci)
+	for _, tt := range []struct {
+		line  *regexp.Regexp
+		empty string // the text line of a prune that found nothing
+		min   int
+	}{
+		{regexp.MustCompile(`banger (image cache prune[^\n|>]*)`), "0 B across 0 blob(s)", 4},
+		{regexp.MustCompile(`banger (image prune[^\n|>]*)`), "0 B across 0 image(s)", 6},
+	} {
+		found := tt.line.FindAllStringSubmatch(docs, -1)
+		if len(found) < tt.min {
+			t.Fatalf("found %d %q lines in docs, want at least %d", len(found), tt.line, tt.min)
 		}
-		out := stdout.String()
-		switch {
-		case stderr.Len() > 0:
-			t.Errorf("banger %s printed %q on stderr", m[1], stderr.String())
-		case slices.Contains(args, "-q") && !slices.Contains(args, "--json"):
-			if out != "" {
-				t.Errorf("banger %s printed %q, want nothing", m[1], out)
-			}
-		case slices.Contains(args, "--json"):
-			if lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n"); len(lines) != 1 || !strings.Contains(out, `"bytes_freed":0`) {
-				t.Errorf("banger %s printed %q, want one JSON line", m[1], out)
-			}
-		case !strings.Contains(out, "0 B across 0 blob(s)"):
-			t.Errorf("banger %s printed %q", m[1], out)
+		for _, m := range found {
+			checkRecipe(t, e, m[1], tt.empty)
 		}
-	}
-	if found < 4 {
-		t.Fatalf("found %d prune command lines in docs, want at least 4", found)
-	}
-
-	// So does every image prune line, against an empty store (issue 13).
-	imagePrune := regexp.MustCompile(`banger (image prune[^\n|>]*)`)
-	found = 0
-	for _, m := range imagePrune.FindAllStringSubmatch(string(cron)+string(ci), -1) {
-		args := strings.Fields(m[1])
-		found++
-		var stdout, stderr bytes.Buffer
-		cmd := e.cmd(args...)
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		if err := cmd.Run(); err != nil {
-			t.Errorf("banger %s: %v; stderr: %s", m[1], err, stderr.String())
-		}
-		out := stdout.String()
-		switch {
-		case stderr.Len() > 0:
-			t.Errorf("banger %s printed %q on stderr", m[1], stderr.String())
-		case slices.Contains(args, "-q") && !slices.Contains(args, "--json"):
-			if out != "" {
-				t.Errorf("banger %s printed %q, want nothing", m[1], out)
-			}
-		case slices.Contains(args, "--json"):
-			if lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n"); len(lines) != 1 || !strings.Contains(out, `"bytes_freed":0`) {
-				t.Errorf("banger %s printed %q, want one JSON line", m[1], out)
-			}
-		case !strings.Contains(out, "0 B across 0 image(s)"):
-			t.Errorf("banger %s printed %q", m[1], out)
-		}
-	}
-	if found < 6 {
-		t.Fatalf("found %d image prune command lines in docs, want at least 6", found)
 	}
 
 	checkWorkflow(t, string(ci))
@@ -124,6 +78,35 @@ func TestDocsRecipes(t *testing.T) {
 	}
 	if err != nil && !strings.Contains(string(out), "banger-prune") {
 		t.Logf("systemd-analyze verify exited %v (host problems only): %s", err, out)
+	}
+}
+
+// checkRecipe runs one prune command line from the docs. The recipes count
+// on a successful prune printing nothing on stderr (cron mails it), -q
+// nothing at all, and --json one line.
+func checkRecipe(t *testing.T, e *bangerEnv, line, empty string) {
+	t.Helper()
+	args := strings.Fields(line)
+	var stdout, stderr bytes.Buffer
+	cmd := e.cmd(args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Errorf("banger %s: %v; stderr: %s", line, err, stderr.String())
+	}
+	out := stdout.String()
+	switch {
+	case stderr.Len() > 0:
+		t.Errorf("banger %s printed %q on stderr", line, stderr.String())
+	case slices.Contains(args, "-q") && !slices.Contains(args, "--json"):
+		if out != "" {
+			t.Errorf("banger %s printed %q, want nothing", line, out)
+		}
+	case slices.Contains(args, "--json"):
+		if lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n"); len(lines) != 1 || !strings.Contains(out, `"bytes_freed":0`) {
+			t.Errorf("banger %s printed %q, want one JSON line", line, out)
+		}
+	case !strings.Contains(out, empty):
+		t.Errorf("banger %s printed %q, want %q", line, out, empty)
 	}
 }
 
