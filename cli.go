@@ -142,7 +142,8 @@ func escapeText(s string) string {
 
 func exitCode(ctx context.Context, err error) int {
 	switch {
-	case errors.Is(err, errUsage), errors.Is(err, image.ErrInvalidReference), errors.Is(err, image.ErrInvalidPlatform), errors.Is(err, image.ErrInvalidName):
+	case errors.Is(err, errUsage), errors.Is(err, image.ErrInvalidReference), errors.Is(err, image.ErrInvalidPlatform), errors.Is(err, image.ErrInvalidName),
+		errors.Is(err, layout.ErrOverlap):
 		return exitUsage
 	case errors.Is(err, cache.ErrLockBusy):
 		return exitLockBusy

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 )
 
 // Layout is the set of paths one invocation works with. All paths are absolute.
@@ -48,7 +49,8 @@ type Source struct {
 //	data root:  --data-dir  > $BANGER_DATA_DIR  > /var/lib/banger   (uid 0) > $XDG_DATA_HOME/banger  > $HOME/.local/share/banger
 //
 // Relative paths from flags or the environment are made absolute against the
-// working directory. Resolve touches no files.
+// working directory. The two roots must be apart: neither may be or hold
+// the other (ErrOverlap). Resolve touches no files.
 func Resolve(src Source) (Layout, error) {
 	cacheRoot, err := pick("cache", src.CacheDirFlag, "--cache-dir", src, "BANGER_CACHE_DIR", "/var/cache/banger", "XDG_CACHE_HOME", ".cache")
 	if err != nil {
@@ -56,6 +58,9 @@ func Resolve(src Source) (Layout, error) {
 	}
 	dataRoot, err := pick("data", src.DataDirFlag, "--data-dir", src, "BANGER_DATA_DIR", "/var/lib/banger", "XDG_DATA_HOME", filepath.Join(".local", "share"))
 	if err != nil {
+		return Layout{}, err
+	}
+	if err := checkApart(cacheRoot, dataRoot); err != nil {
 		return Layout{}, err
 	}
 	cacheDir := filepath.Join(cacheRoot, "oci")
@@ -66,6 +71,30 @@ func Resolve(src Source) (Layout, error) {
 		DataRoot:  dataRoot,
 		ImagesDir: filepath.Join(dataRoot, "images"),
 	}, nil
+}
+
+// ErrOverlap is returned when the cache root and the data root are the same
+// directory or one holds the other: a full prune empties the cache, and
+// flattened images must never go with it.
+var ErrOverlap = errors.New("the cache and the image store must not overlap")
+
+// checkApart refuses a cache root and a data root that are one directory or
+// nested. It compares the absolute paths as written (Resolve touches no
+// files), so a symlink that joins them is not caught here.
+func checkApart(cacheRoot, dataRoot string) error {
+	within := func(dir, parent string) bool {
+		rel, err := filepath.Rel(parent, dir)
+		return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+	}
+	switch {
+	case cacheRoot == dataRoot:
+		return fmt.Errorf("cache root and data root are both %s: %w; give them separate directories", cacheRoot, ErrOverlap)
+	case within(dataRoot, cacheRoot):
+		return fmt.Errorf("data root %s is inside cache root %s: %w; keep the image store outside the cache", dataRoot, cacheRoot, ErrOverlap)
+	case within(cacheRoot, dataRoot):
+		return fmt.Errorf("cache root %s is inside data root %s: %w; keep the cache outside the image store", cacheRoot, dataRoot, ErrOverlap)
+	}
+	return nil
 }
 
 // errNoHome is returned when no rule yields a directory.

@@ -1,6 +1,7 @@
 package layout
 
 import (
+	"errors"
 	"path/filepath"
 	"testing"
 )
@@ -97,6 +98,31 @@ func TestResolve(t *testing.T) {
 			}
 			if want := filepath.Join(tt.wantDataRoot, "images"); got.ImagesDir != want {
 				t.Errorf("ImagesDir = %q, want %q", got.ImagesDir, want)
+			}
+		})
+	}
+}
+
+// TestResolveOverlap: the cache and the image store never overlap, since a
+// full prune empties the cache (issue 11 §2).
+func TestResolveOverlap(t *testing.T) {
+	tests := []struct {
+		name, cache, data string
+		wantErr           bool
+	}{
+		{"apart", "/x/cache", "/x/data", false},
+		{"siblings with a common prefix", "/x/cache", "/x/cache-data", false},
+		{"same", "/x/b", "/x/b", true},
+		{"same after cleaning", "/x/b/", "/x/./b", true},
+		{"data inside cache", "/x/cache", "/x/cache/data", true},
+		{"data inside the oci dir", "/x/cache", "/x/cache/oci/data", true},
+		{"cache inside data", "/x/data/cache", "/x/data", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Resolve(Source{CacheDirFlag: tt.cache, DataDirFlag: tt.data, UID: 1000})
+			if got := errors.Is(err, ErrOverlap); got != tt.wantErr {
+				t.Errorf("Resolve(cache %q, data %q) error = %v, want overlap %v", tt.cache, tt.data, err, tt.wantErr)
 			}
 		})
 	}
