@@ -443,7 +443,13 @@ func pullCommand() *cli.Command {
 REF is one of:
    NAME[:TAG|@DIGEST]          a registry reference (Docker Hub by default)
    oci:DIR[:TAG]               an OCI image layout directory
-   docker-archive:FILE[:REF]   a tarball written by docker save
+   oci-archive:FILE[:TAG]      a tar of an OCI image layout (skopeo's)
+   docker-archive:FILE[:REF]   a tarball written by docker save, or gzipped;
+                               FILE - reads standard input
+
+Registry mirrors, rewrites and blocks come from registries.conf, credentials
+from --authfile, containers' auth.json or Docker's config, and CAs from
+certs.d directories: see the README's "Registries, mirrors and credentials".
 
 Example:
    banger image pull alpine:3.20
