@@ -825,15 +825,7 @@ Example:
 					return jerr
 				}
 			} else if !c.Bool("quiet") {
-				verb := "freed"
-				if dryRun {
-					verb = "would free"
-				}
-				fmt.Fprintf(c.App.Writer, "%s %s across %d blob(s) in %s", verb, humanize.IBytes(uint64(rep.Freed.Bytes)), rep.Freed.Blobs, l.CacheDir)
-				if rep.Kept.Blobs > 0 {
-					fmt.Fprintf(c.App.Writer, " (kept %s in %d blob(s))", humanize.IBytes(uint64(rep.Kept.Bytes)), rep.Kept.Blobs)
-				}
-				fmt.Fprintln(c.App.Writer)
+				printPruneSummary(c.App.Writer, dryRun, "blob", l.CacheDir, rep.Freed.Bytes, rep.Freed.Blobs, rep.Kept.Bytes, rep.Kept.Blobs)
 			}
 			return err
 		},
@@ -1006,3 +998,18 @@ func isTerminal(w io.Writer) bool {
 }
 
 func goarch() string { return runtime.GOARCH }
+
+// printPruneSummary prints the one line of a cache or image prune:
+// "freed 1.2 GiB across 47 blob(s) in DIR" ("would free" for a dry run),
+// with "(kept … in N blob(s))" when a filter kept some.
+func printPruneSummary(w io.Writer, dryRun bool, unit, dir string, freedBytes int64, freed int, keptBytes int64, kept int) {
+	verb := "freed"
+	if dryRun {
+		verb = "would free"
+	}
+	fmt.Fprintf(w, "%s %s across %d %s(s) in %s", verb, humanize.IBytes(uint64(freedBytes)), freed, unit, dir)
+	if kept > 0 {
+		fmt.Fprintf(w, " (kept %s in %d %s(s))", humanize.IBytes(uint64(keptBytes)), kept, unit)
+	}
+	fmt.Fprintln(w)
+}

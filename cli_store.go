@@ -91,15 +91,7 @@ Example:
 					fmt.Fprintln(w, u.ID)
 				}
 			default:
-				verb := "freed"
-				if dryRun {
-					verb = "would free"
-				}
-				fmt.Fprintf(w, "%s %s across %d image(s) in %s", verb, humanize.IBytes(uint64(rep.Freed.Bytes)), rep.Freed.Images, l.ImagesDir)
-				if rep.Kept.Images > 0 {
-					fmt.Fprintf(w, " (kept %s in %d image(s))", humanize.IBytes(uint64(rep.Kept.Bytes)), rep.Kept.Images)
-				}
-				fmt.Fprintln(w)
+				printPruneSummary(w, dryRun, "image", l.ImagesDir, rep.Freed.Bytes, rep.Freed.Images, rep.Kept.Bytes, rep.Kept.Images)
 			}
 			return err
 		}),
