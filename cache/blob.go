@@ -35,6 +35,8 @@ type Blob struct {
 	// the source, and with a negative number when an attempt's bytes are
 	// void because it failed and will be retried.
 	Progress func(n int64)
+	// Arrivals, if set, lets readers follow a download (see Arrivals).
+	Arrivals *Arrivals
 }
 
 // attempts and backoff bound the retries of one blob: a body cut mid-transfer
@@ -58,7 +60,16 @@ const (
 //
 // Concurrent Fetches of one digest, in one process or many, each download and
 // verify; the first to publish wins and the others remove their temp files.
+//
+// With b.Arrivals set, readers may take the bytes of a download while it
+// streams; Fetch tells them its result before it returns.
 func (c *Cache) Fetch(ctx context.Context, b Blob) (*os.File, error) {
+	f, err := c.fetch(ctx, b)
+	b.Arrivals.end(err)
+	return f, err
+}
+
+func (c *Cache) fetch(ctx context.Context, b Blob) (*os.File, error) {
 	hexDigest, err := parseDigest(b.Digest)
 	if err != nil {
 		return nil, fmt.Errorf("blob from %s: %w", b.Source, err)
@@ -340,6 +351,13 @@ func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.F
 		c.removeStaleTemps(r)
 		return nil
 	})
+	if err == nil {
+		if err = b.Arrivals.begin(reader); err != nil {
+			tmp.Close()
+			reader.Close()
+			c.discard(context.WithoutCancel(ctx), tmpName, opened)
+		}
+	}
 	if err != nil {
 		return nil, &localError{fmt.Errorf("creating temp file for sha256:%s in cache %s: %w", hexDigest, c.dir, err)}
 	}
@@ -348,6 +366,7 @@ func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.F
 		if err == nil {
 			return
 		}
+		b.Arrivals.abandon()
 		tmp.Close()
 		reader.Close()
 		// Cleanup must happen even when ctx was cancelled (Ctrl-C). If a
@@ -359,7 +378,11 @@ func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.F
 		}
 	}()
 
-	read, err = c.stream(ctx, tmp, hexDigest, b)
+	var w io.Writer = tmp
+	if b.Arrivals != nil {
+		w = arrivingWriter{tmp, b.Arrivals}
+	}
+	read, err = c.stream(ctx, w, hexDigest, b)
 	if err != nil {
 		return nil, err
 	}
@@ -439,6 +462,18 @@ func (c *Cache) publish(ctx context.Context, tmpName string, opened fs.FileInfo,
 		}
 		return syncDir(c.dir + "/" + blobsSubdir)
 	})
+}
+
+// arrivingWriter tells an Arrivals of each write to the temp file.
+type arrivingWriter struct {
+	w io.Writer
+	a *Arrivals
+}
+
+func (w arrivingWriter) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	w.a.grow(n)
+	return n, err
 }
 
 // progressReader reports bytes read and stops early when ctx ends.

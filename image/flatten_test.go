@@ -2279,7 +2279,7 @@ func TestFlattenResolvesThroughPullReaders(t *testing.T) {
 		files = append(files, f)
 	}
 	opens := make([]int, len(files))
-	layer := func(_ context.Context, i int) (*os.File, func(), error) {
+	layer := func(_ context.Context, i int) (io.Reader, func(), error) {
 		opens[i]++
 		if _, err := files[i].Seek(0, io.SeekStart); err != nil {
 			return nil, nil, err

@@ -27,6 +27,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -195,6 +196,12 @@ func pull(ctx context.Context, c *cache.Cache, s *Store, ref string, opts PullOp
 		return Image{}, err
 	}
 	img, addErr := flattenInto(ctx, s, meta, fetches)
+	if addErr != nil && ctx.Err() == nil && fetches.settle(ctx) {
+		// The flattener read bytes of a download attempt that failed,
+		// and a later one succeeded: the bytes may have been what the
+		// attempt got wrong. Flatten once more from the verified blobs.
+		img, addErr = flattenInto(ctx, s, meta, fetches)
+	}
 	if addErr != nil {
 		cancel() // flattening failed: stop the fetches still running
 	}
@@ -215,7 +222,7 @@ func flattenInto(ctx context.Context, s *Store, meta *metadata, f *fetches) (Ima
 		return Image{}, err
 	}
 	defer stage.Abort()
-	if err := writeRootfs(ctx, stage.Dir(), f.file, meta.diffIDs); err != nil {
+	if err := writeRootfs(ctx, stage.Dir(), f.layer, meta.diffIDs); err != nil {
 		return Image{}, fmt.Errorf("pull %s: %w", meta.image.Reference, err)
 	}
 	return stage.Commit(ctx, meta.image)
@@ -361,7 +368,9 @@ func readMetadata(ctx context.Context, src *source, ref string) (*metadata, erro
 type fetches struct {
 	cache *cache.Cache
 	blobs []cache.Blob // blobs[i] fetches layer i again, from the cache
-	mu    sync.Mutex   // guards files and open
+	// arrivals[i] lets the flattener read layer i while it downloads.
+	arrivals []*cache.Arrivals
+	mu       sync.Mutex // guards files and open
 	// files[i] is layer i's verified blob, kept open from its fetch until
 	// the flattener reads it, so that a prune renaming the cache meanwhile
 	// costs nothing. At most maxOpen are kept: an image of 2,000 layers
@@ -377,15 +386,64 @@ type fetches struct {
 	cause     error
 	done      []chan struct{} // done[i] is closed when layer i is fetched or failed
 	wg        sync.WaitGroup
+	// followed[i] is set once the flattener read layer i while it
+	// downloaded; guarded by mu.
+	followed []bool
 }
 
-// file waits for layer i and returns its open, verified blob file,
-// positioned at the start, and the function that closes it. It may be
-// called again for a layer after the file was closed (the flattener reads
-// the layers below a layer once more to resolve symlinked parents): the
-// blob is then opened from the cache again, verified again, and fetched
-// again if a prune removed it.
-func (f *fetches) file(ctx context.Context, i int) (*os.File, func(), error) {
+// settle waits for the fetches of the layers the flattener read while they
+// downloaded, after a failed flatten, and reports whether flattening again
+// could succeed: they were all fetched, and one took more than one attempt,
+// so the flattener may have read a failed attempt's bytes. A flatten error
+// caused by a download that failed is then reported as that download's
+// failure (the pull's caller prefers the fetch error), as it would be had
+// flattening waited for verified blobs.
+func (f *fetches) settle(ctx context.Context) bool {
+	f.mu.Lock()
+	followed := slices.Clone(f.followed)
+	f.mu.Unlock()
+	again := false
+	for i, ok := range followed {
+		if !ok {
+			continue
+		}
+		select {
+		case <-f.done[i]:
+		case <-ctx.Done():
+			return false
+		}
+		if f.errs[i] != nil {
+			return false
+		}
+		again = again || f.arrivals[i].Attempts() > 1
+	}
+	return again
+}
+
+// layer returns a reader of layer i's blob from its first byte, and the
+// function that closes it. While the blob downloads, the reader follows
+// the download: it returns bytes as they arrive, before they are
+// verified, and io.EOF only once the whole blob is (see cache.Arrivals);
+// the flattener's output is published only after every layer reached
+// io.EOF and matched its diff ID. Otherwise it is the verified blob file.
+//
+// It may be called again for a layer after the reader was closed (the
+// flattener reads the layers below a layer once more to resolve symlinked
+// parents): a fetched blob is then opened from the cache again, verified
+// again, and fetched again if a prune removed it.
+func (f *fetches) layer(ctx context.Context, i int) (io.Reader, func(), error) {
+	select {
+	case <-f.arrivals[i].Started():
+	case <-f.done[i]:
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
+	if r, ok := f.arrivals[i].Follow(ctx); ok {
+		f.mu.Lock()
+		f.followed[i] = true
+		f.mu.Unlock()
+		return r, func() { r.Close() }, nil
+	}
 	select {
 	case <-f.done[i]:
 	case <-ctx.Done():
@@ -447,20 +505,33 @@ func (f *fetches) wait() error {
 		}
 	}
 	f.mu.Unlock()
+	for _, a := range f.arrivals {
+		a.Close()
+	}
 	if f.cause != nil {
 		return f.cause
 	}
 	return firstError(f.errs)
 }
 
-// fetchLayers starts passing every layer blob through the cache, opts.Jobs at
-// a time, top layer first because flattening reads it first. At most
-// 2×opts.Jobs verified blobs are kept open for the flattener, plus the
-// downloads in flight; the others are opened again from the cache when it
-// needs them (see fetches.file). On the first failure
-// it calls cancel, which must end ctx and the context src was resolved
-// with, so that the other downloads stop. The caller must call wait on the
-// result.
+// prefetchWindow is how close to their end the running downloads must be
+// before the next layer's starts. Flattening reads one layer after
+// another, top-down, as they arrive, so the link is best spent on one
+// layer at a time, in that order: downloads that split the link would all
+// end late together, and the flattener would meet the layers below only
+// then. Starting the next request a little before the current download
+// ends hides its round trips; small layers, each under the window, still
+// download opts.Jobs at a time.
+const prefetchWindow = 4 << 20
+
+// fetchLayers starts passing every layer blob through the cache, top layer
+// first because flattening reads it first, and at most opts.Jobs at a time,
+// each starting once the running ones are within prefetchWindow of their
+// end. At most 2×opts.Jobs verified blobs are kept open for the flattener,
+// plus the downloads in flight; the others are opened again from the cache
+// when it needs them (see fetches.layer). On the first failure it calls
+// cancel, which must end ctx and the context src was resolved with, so
+// that the other downloads stop. The caller must call wait on the result.
 func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache, src *source, meta *metadata, opts PullOptions) (*fetches, error) {
 	n := len(meta.layers)
 	var total int64
@@ -486,20 +557,20 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 	}
 
 	f := &fetches{
-		cache:   c,
-		blobs:   make([]cache.Blob, n),
-		files:   make([]*os.File, n),
-		maxOpen: 2 * opts.Jobs,
-		errs:    make([]error, n),
-		done:    make([]chan struct{}, n),
+		cache:    c,
+		blobs:    make([]cache.Blob, n),
+		arrivals: make([]*cache.Arrivals, n),
+		files:    make([]*os.File, n),
+		maxOpen:  2 * opts.Jobs,
+		errs:     make([]error, n),
+		done:     make([]chan struct{}, n),
+		followed: make([]bool, n),
 	}
-	queue := make(chan int, n)
-	for i := n - 1; i >= 0; i-- {
+	for i := range n {
 		f.done[i] = make(chan struct{})
-		queue <- i
+		f.arrivals[i] = cache.NewArrivals()
 	}
-	close(queue)
-	fetch := func(i int) {
+	fetch := func(i int, left func(int64)) {
 		defer close(f.done[i])
 		if err := ctx.Err(); err != nil {
 			f.errs[i] = err
@@ -521,7 +592,11 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 		}
 		again := b // opening it again reports no progress: the bytes were counted
 		f.blobs[i] = again
-		b.Progress = progress
+		b.Progress = func(n int64) {
+			progress(n)
+			left(n)
+		}
+		b.Arrivals = f.arrivals[i]
 		file, err := c.Fetch(ctx, b)
 		if err == nil && opts.LayerDone != nil {
 			size := d.Size
@@ -540,18 +615,48 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 		}
 		f.keep(i, file)
 	}
-	for range min(opts.Jobs, n) {
-		f.wg.Go(func() {
-			// Layers leave the queue in the order the flattener reads
-			// them, so the blobs kept open are the next ones it needs.
-			// Fetching never waits for the flattener: a download-bound
-			// pull keeps the link busy, and the flattener can always get
-			// any layer it asks for, in any order, without a deadlock.
-			for i := range queue {
-				fetch(i) // after a failure, each remaining one just ends
+
+	// Fetching never waits for the flattener: a download-bound pull keeps
+	// the link busy, and the flattener can always get any layer it asks
+	// for, in any order, without a deadlock.
+	var (
+		smu     sync.Mutex
+		changed = sync.NewCond(&smu)
+		running int
+		ahead   int64 // bytes the running downloads still expect
+	)
+	f.wg.Go(func() {
+		for i := n - 1; i >= 0; i-- {
+			expect := meta.layers[i].Size
+			if expect < 0 {
+				expect = prefetchWindow + 1 // unknown: as if large
 			}
-		})
-	}
+			smu.Lock()
+			for running >= opts.Jobs || running > 0 && ahead > prefetchWindow {
+				changed.Wait()
+			}
+			running++
+			ahead += expect
+			smu.Unlock()
+			f.wg.Go(func() {
+				var got, counted int64 // counted: got, within [0, expect]
+				fetch(i, func(n int64) {
+					smu.Lock()
+					got += n
+					now := min(max(got, 0), expect)
+					ahead -= now - counted
+					counted = now
+					changed.Broadcast()
+					smu.Unlock()
+				})
+				smu.Lock()
+				running--
+				ahead -= expect - counted
+				changed.Broadcast()
+				smu.Unlock()
+			})
+		}
+	})
 	return f, nil
 }
 
@@ -589,7 +694,7 @@ func retryable(err error) bool {
 
 // writeRootfs flattens the layers into dir/rootfs.tar; layer(ctx, i) waits
 // for layer i's blob and returns it with the function that closes it.
-func writeRootfs(ctx context.Context, dir string, layer func(context.Context, int) (*os.File, func(), error), diffIDs []v1.Hash) error {
+func writeRootfs(ctx context.Context, dir string, layer func(context.Context, int) (io.Reader, func(), error), diffIDs []v1.Hash) error {
 	out, err := os.OpenFile(filepath.Join(dir, rootfsName), os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
 	if err != nil {
 		return err
