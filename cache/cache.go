@@ -3,8 +3,8 @@
 // does not download it again. The cache is purely re-pull avoidance; emptying
 // it never breaks a flattened image.
 //
-// Use New to get a Cache, Fetch to read a blob through it, Inventory to see
-// what it holds and Prune to empty it or evict blobs by a Policy; Paths says
+// Use New to get a Cache, Fetch to read a blob through it (and Arrivals to
+// read a download while it streams), Inventory to see what it holds and Prune to empty it or evict blobs by a Policy; Paths says
 // where it keeps its files. Every method that touches the cache namespace
 // takes the advisory lock file (flock(2)) for as short a time as it can:
 // pulls share it only around opening, creating and publishing files, and
