@@ -28,7 +28,9 @@ package image
 // them; flatten_resolve.go says how that works top-down.
 //
 // Names are written once, except for duplicates inside one layer (see
-// flatten). Symlinks, and hardlinks to them, are held back until the end of
+// flatten). A non-directory that replaces a directory whose entries came
+// earlier in its own layer makes flatten start again, as if those entries
+// had never been there (flatten_replace.go). Symlinks, and hardlinks to them, are held back until the end of
 // their layer: a duplicate can then drop them, which matters because GNU tar
 // creates symlinks with ".." or absolute targets only at the end of
 // extraction, so a later entry of the same name would not replace them.
@@ -45,10 +47,6 @@ import (
 	"strings"
 	"time"
 )
-
-// errSameLayerDirReplaced is the start of the error for a non-directory that
-// replaces a directory whose entries came earlier in the same layer.
-const errSameLayerDirReplaced = "non-directory replaces a directory that has entries earlier in the same layer"
 
 const (
 	whiteoutPrefix = ".wh."
@@ -69,7 +67,14 @@ type flattenLayer struct {
 	open func() (io.ReadCloser, error)
 }
 
-// flatten writes the union of layers (layers[0] is the base) to w as one tar stream.
+// flattenOutput is where flatten writes its tar stream. Rewind discards all
+// that was written so far, for flatten to start again.
+type flattenOutput interface {
+	io.Writer
+	Rewind() error
+}
+
+// flatten writes the union of layers (layers[0] is the base) to out as one tar stream.
 // spoolDir is a writable directory for temporary files (same filesystem as the output); flatten removes what it creates there.
 //
 // The result, extracted with tar -x, is the tree that unpacking the layers in
@@ -78,32 +83,62 @@ type flattenLayer struct {
 // bin -> usr/bin writes usr/bin/hello. Every name is written once, except for
 // duplicate names inside one layer: a replaced regular file, hardlink,
 // directory or device stays in the output before its replacement, so the
-// later entry wins on extraction, as with tar -x of that layer. Names and
-// hardlink targets that climb out of the root are errors, as are hardlinks
-// whose target is missing or a directory, parents that resolve to a file or
-// through a symlink loop, and names longer than Linux allows (umoci fails on
-// those too). So is a non-directory that replaces a directory whose entries
-// came earlier in the same layer, which umoci accepts: those entries are
-// already written. Sparse files are written expanded, at most
-// maxSparseExpansion bytes of them per image.
+// later entry wins on extraction, as with tar -x of that layer. That holds
+// for a non-directory that replaces a directory whose entries came earlier
+// in the same layer too: as with umoci, those entries are gone (their other
+// hardlinked names keep the content), and so are the directory's contents
+// from lower layers. Such entries are already written when the replacement
+// comes, so flatten rewinds out and starts again without them: an image
+// that has any is read once more. Names and hardlink targets that climb out
+// of the root are errors, as are hardlinks whose target is missing or a
+// directory, parents that resolve to a file or through a symlink loop, and
+// names longer than Linux allows (umoci fails on those too). Sparse files
+// are written expanded, at most maxSparseExpansion bytes of them per image.
 //
 // Each layer is opened once, and once more, before, if some upper layer has
-// an entry whose parents it does not declare as directories itself; open is
-// never called for a layer whose earlier stream is still open.
-func flatten(ctx context.Context, w io.Writer, layers []flattenLayer, spoolDir string) error {
-	f := &flattener{
-		tw:       tar.NewWriter(w),
-		spoolDir: spoolDir,
-		upper:    make(map[string]shadow),
-		waiting:  make(map[string]*inode),
-		buf:      make([]byte, 32<<10),
-		layers:   layers,
-		simLayer: -1,
+// an entry whose parents it does not declare as directories itself; a start
+// again opens them all again. open is never called for a layer whose
+// earlier stream is still open.
+func flatten(ctx context.Context, out flattenOutput, layers []flattenLayer, spoolDir string) error {
+	var gone goneDirs
+	for attempt := 1; ; attempt++ {
+		f := &flattener{
+			tw:       tar.NewWriter(out),
+			spoolDir: spoolDir,
+			upper:    make(map[string]shadow),
+			waiting:  make(map[string]*inode),
+			buf:      make([]byte, 32<<10),
+			layers:   layers,
+			simLayer: -1,
+			gone:     gone,
+		}
+		err := f.run(ctx)
+		if len(f.found) == 0 {
+			return err
+		}
+		// Whatever else this attempt met, an error included, may come of
+		// the entries it should not have written: start again without them.
+		if attempt == maxFlattenAttempts {
+			r := f.found[0]
+			return fmt.Errorf("layer %d: entry %q: non-directory replaces a directory that has entries earlier in the same layer, and %d passes did not settle which entries that removes", r.layer, shorten(r.dir), attempt)
+		}
+		gone = gone.add(f.found)
+		if err := out.Rewind(); err != nil {
+			return fmt.Errorf("rewinding the output to flatten again without the entries of replaced directories: %w", err)
+		}
 	}
+}
+
+// run is one pass of flatten over the layers.
+func (f *flattener) run(ctx context.Context) error {
+	layers := f.layers
 	for i := len(layers) - 1; i >= 0; i-- {
 		if err := f.readLayer(ctx, i, layers[i]); err != nil {
 			return err
 		}
+	}
+	if len(f.found) > 0 {
+		return nil // the output is rewound
 	}
 	if err := f.checkResolved(); err != nil {
 		return err
@@ -221,6 +256,11 @@ type layerState struct {
 	// layer remove, which its marks leave out: kept directories at or
 	// under them go too.
 	keepGone []string
+	// gone are the directories that a later entry of this layer replaces,
+	// from an earlier pass (flatten_replace.go), nil for most layers;
+	// goneUnder are the names of the entries hidden under each so far.
+	gone      map[string]int
+	goneUnder map[string][]string
 }
 
 func (ls *layerState) hold(h *tar.Header) {
@@ -364,6 +404,12 @@ type flattener struct {
 	sim      *simTree
 	simLayer int
 	rewrites []map[int]rewrite
+
+	// gone are the same-layer directory replacements that earlier passes
+	// found, found those this pass finds (flatten_replace.go). Once found
+	// is not empty nothing more is written: the output is rewound.
+	gone  goneDirs
+	found []dirReplacement
 }
 
 func (f *flattener) readLayer(ctx context.Context, idx int, l flattenLayer) (err error) {
@@ -380,6 +426,7 @@ func (f *flattener) readLayer(ctx context.Context, idx int, l flattenLayer) (err
 		entries:      make(map[string]*layerEntry),
 		placeholders: make(map[string]*inode),
 		heldAt:       make(map[string]int),
+		gone:         f.gone[idx],
 	}
 	defer func() {
 		if cerr := rc.Close(); cerr != nil && err == nil {
@@ -520,7 +567,13 @@ func (f *flattener) entry(ctx context.Context, ls *layerState, idx int, tr *tar.
 	if err := checkName(name); err != nil {
 		return err
 	}
+	// Entries under a directory that a later entry of this layer replaces
+	// leave no trace but their inodes, which other names may share.
+	gone := ls.gone != nil && ls.hideGone(name, idx)
 	if base := path.Base(name); strings.HasPrefix(base, whiteoutPrefix) {
+		if gone {
+			return nil
+		}
 		if f.simLayer < 0 {
 			ls.whiteouts = append(ls.whiteouts, name)
 		}
@@ -550,16 +603,16 @@ func (f *flattener) entry(ctx context.Context, ls *layerState, idx int, tr *tar.
 		}
 	}
 	sh := f.upper[name]
-	visible := !buried && sh&hideSelf == 0 && (isDir || sh&hideNonDir == 0)
-	if !buried {
+	visible := !gone && !buried && sh&hideSelf == 0 && (isDir || sh&hideNonDir == 0)
+	if !buried && !gone {
 		// Below a buried ancestor everything lower is hidden already, so
 		// marks there would change nothing.
 		m := ls.marks[name]
 		if visible && !isDir && m&markParent != 0 {
-			// umoci would delete the entries already unpacked under it; they
-			// are already written here, and tar -x cannot replace a non-empty
-			// directory by a file.
-			return errors.New(errSameLayerDirReplaced + "; banger cannot take back entries it has written, so rebuild the layer without the directory")
+			// umoci deletes the entries unpacked under it, but they are
+			// written already, and tar -x cannot replace a non-empty
+			// directory by a file: the next pass leaves them out.
+			f.found = append(f.found, dirReplacement{layer: ls.idx, dir: name, entry: idx})
 		}
 		if isDir {
 			ls.marks[name] = m | markDir
@@ -568,8 +621,11 @@ func (f *flattener) entry(ctx context.Context, ls *layerState, idx int, tr *tar.
 		}
 		ls.markParents(name)
 	}
-	if !visible && !aufsMeta && !ls.declared(name) {
+	if !visible && !aufsMeta && !gone && !ls.declared(name) {
 		f.needParents(ls, name, hdr.ModTime)
+	}
+	if ls.gone != nil && !isDir {
+		ls.dropGone(name, idx)
 	}
 
 	// The inode this entry belongs to, looked up before a duplicate of this
@@ -915,6 +971,9 @@ func (f *flattener) emit(ls *layerState, ino *inode, names []string, content io.
 }
 
 func (f *flattener) write(h *tar.Header, data io.Reader) error {
+	if len(f.found) > 0 {
+		return nil // the output is rewound for another pass
+	}
 	if f.implicit != nil && h.Typeflag == tar.TypeDir {
 		delete(f.implicit, strings.TrimSuffix(h.Name, "/"))
 	}

@@ -98,6 +98,20 @@ func tarBytes(t testing.TB, ents []ent) []byte {
 	return buf.Bytes()
 }
 
+// bufferOutput is flatten's output in memory.
+type bufferOutput struct{ bytes.Buffer }
+
+func (b *bufferOutput) Rewind() error {
+	b.Reset()
+	return nil
+}
+
+// discardOutput is flatten's output thrown away.
+type discardOutput struct{}
+
+func (discardOutput) Write(p []byte) (int, error) { return len(p), nil }
+func (discardOutput) Rewind() error               { return nil }
+
 // onlyReader hides io.WriterTo, like the decompressing reader of a real layer.
 type onlyReader struct{ r io.Reader }
 
@@ -123,8 +137,8 @@ func memLayers(t testing.TB, layers [][]ent) []flattenLayer {
 func runFlatten(t *testing.T, layers []flattenLayer) ([]byte, error) {
 	t.Helper()
 	spool := t.TempDir()
-	var out bytes.Buffer
-	err := flatten(context.Background(), &out, layers, spool)
+	out := &bufferOutput{}
+	err := flatten(context.Background(), out, layers, spool)
 	left, rerr := os.ReadDir(spool)
 	if rerr != nil {
 		t.Fatalf("reading spool dir: %v", rerr)
@@ -1008,12 +1022,93 @@ func TestFlatten(t *testing.T) {
 			},
 			want: map[string]node{"t": nFile("lower"), "l": nFile("own")},
 		},
+		// A non-directory replacing a directory with entries under it in
+		// the same layer: the later entry wins, as with umoci.
 		{
-			name: "non-directory replacing a filled directory in the same layer rejected",
+			name: "file replacing a filled directory of its own layer",
 			layers: [][]ent{
+				{tDir("x"), tReg("x/y", "y"), tDir("x/sub"), tReg("x/sub/z", "z"), tReg("x", "file"), tReg("after", "a")},
+			},
+			want:     map[string]node{"x": nFile("file"), "after": nFile("a")},
+			allowDup: true,
+		},
+		{
+			name: "file replacing a filled directory of a lower layer hides its lower contents",
+			layers: [][]ent{
+				{tDir("x"), tReg("x/lower", "l"), tDir("x/ld"), tReg("x/ld/f", "f"), tReg("keep", "k")},
+				{tReg("x/y", "y"), tReg("x", "file")},
+			},
+			want:     map[string]node{"x": nFile("file"), "keep": nFile("k")},
+			allowDup: true,
+		},
+		{
+			name: "file replacing a directory redeclared over a lower one",
+			layers: [][]ent{
+				{tDir("x"), tReg("x/lower", "l")},
 				{tDir("x"), tReg("x/y", "y"), tReg("x", "file")},
 			},
-			wantErr: `layer 0: entry "x": non-directory replaces a directory`,
+			want:     map[string]node{"x": nFile("file")},
+			allowDup: true,
+		},
+		{
+			name: "symlink replacing a filled directory of its own layer",
+			layers: [][]ent{
+				{tDir("t")},
+				{tDir("x"), tReg("x/y", "y"), tSym("x", "t")},
+			},
+			want:     map[string]node{"t": nDir(), "x": nSym("t")},
+			allowDup: true,
+		},
+		{
+			name: "hardlink made before the replacement keeps the content",
+			layers: [][]ent{
+				{tDir("x"), tReg("x/f", "F"), tLink("l", "x/f"), tLink("x/g", "x/f"), tReg("x", "file")},
+			},
+			want:     map[string]node{"x": nFile("file"), "l": nFile("F")},
+			allowDup: true,
+		},
+		{
+			name: "hardlink to a shadowed file under the replaced directory",
+			layers: [][]ent{
+				{tReg("t", "T")},
+				{tDir("x"), tReg("x/f", "F"), tLink("l", "x/f"), tLink("x", "t")},
+			},
+			want:     map[string]node{"t": nFile("T"), "x": nFile("T"), "l": nFile("F")},
+			linked:   [][]string{{"t", "x"}},
+			allowDup: true,
+		},
+		{
+			name: "directory replaced twice in its layer",
+			layers: [][]ent{
+				{tDir("x"), tReg("x/a", "a"), tReg("x", "one"), tDir("x"), tReg("x/b", "b"), tReg("x", "two")},
+			},
+			want:     map[string]node{"x": nFile("two")},
+			allowDup: true,
+		},
+		{
+			name: "directory recreated after its replacement",
+			layers: [][]ent{
+				{tDir("x"), tReg("x/a", "a"), tReg("x", "one"), tDir("x"), tReg("x/b", "b")},
+			},
+			want:     map[string]node{"x": nDir(), "x/b": nFile("b")},
+			allowDup: true,
+		},
+		{
+			name: "replaced directories in two layers",
+			layers: [][]ent{
+				{tDir("y"), tReg("y/a", "a"), tReg("y", "lower")},
+				{tDir("x"), tReg("x/a", "a"), tReg("x", "upper")},
+			},
+			want:     map[string]node{"x": nFile("upper"), "y": nFile("lower")},
+			allowDup: true,
+		},
+		{
+			name: "entry under a directory after its replacement",
+			layers: [][]ent{
+				{tDir("x"), tReg("x/a", "a"), tReg("x", "file"), tReg("x/b", "b")},
+			},
+			wantErr:  `layer 0: entry "x/b": parent "x" is not a directory`,
+			umociErr: true,
 		},
 		// Issue 12: parents resolve through symlinks of the tree below, as
 		// umoci (securejoin) and containerd (fs.RootPath) resolve them.
@@ -1518,7 +1613,7 @@ func TestFlattenCancel(t *testing.T) {
 					return s, nil
 				}})
 			}
-			err := flatten(ctx, io.Discard, layers, t.TempDir())
+			err := flatten(ctx, discardOutput{}, layers, t.TempDir())
 			if !errors.Is(err, context.Canceled) {
 				t.Fatalf("flatten: got error %v, want context.Canceled", err)
 			}
@@ -1560,7 +1655,7 @@ func TestFlattenSpoolsOnlyWhenNeeded(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := flatten(context.Background(), io.Discard, memLayers(t, tt.layers), missing)
+			err := flatten(context.Background(), discardOutput{}, memLayers(t, tt.layers), missing)
 			if tt.wantErr == "" && err != nil {
 				t.Fatalf("flatten: got error %v, want nil", err)
 			}
@@ -1699,6 +1794,11 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+func (c *countingWriter) Rewind() error {
+	c.n = 0
+	return nil
+}
+
 // TestFlattenMatchesUmoci unpacks a tricky layer stack with umoci and compares
 // its tree with tar -x of flatten's output.
 func TestFlattenMatchesUmoci(t *testing.T) {
@@ -1722,6 +1822,7 @@ func TestFlattenMatchesUmoci(t *testing.T) {
 			tDir("merge"), tReg("merge/lower", "l"),
 			tDir("lnk"), tReg("lnk/target", "T0"), tLink("lnk/alias", "lnk/target"),
 			tReg("same", "old"), tReg("same2", "old2"),
+			tDir("rep"), tReg("rep/lower", "l"), tDir("rep/ld"), tReg("rep/ld/f", "f"),
 		},
 		{
 			tDir("usr"), tDir("usr/bin"), tWh("usr/bin/git"), tSym("usr/bin/git", "/usr/libexec/git-core/git-add"),
@@ -1736,6 +1837,12 @@ func TestFlattenMatchesUmoci(t *testing.T) {
 			tSym("climb", "../../../etc/passwd"), tSym("abs", "/etc/passwd"),
 			tDir("lnk"), tWh("lnk/target"),
 			tDir(path.Dir(long)), tReg(long, "long"),
+			// Non-directories replacing directories filled earlier in
+			// the same layer: what was under them goes, lower contents
+			// included, but for a hardlink made outside in the meantime.
+			tReg("rep/upper", "u"), tLink("rep-link", "rep/upper"), tReg("rep", "now a file"),
+			tDir("repsym"), tDir("repsym/d"), tReg("repsym/d/a", "a"), tSym("repsym", "etc"),
+			tDir("rep2"), tReg("rep2/a", "a"), tReg("rep2", "one"), tDir("rep2"), tReg("rep2/b", "b"),
 		},
 		{
 			tReg("t1", "456 -\n"),
@@ -1769,7 +1876,7 @@ func TestFlattenMatchesUmoci(t *testing.T) {
 	compareTrees(t, gotTree, wantTree)
 	compareGroups(t, gotGroups, wantGroups)
 	// Spot checks, in case umoci itself regressed.
-	for name, w := range map[string]string{"t1": "456 -\n", "t3": "123 -\n", "lnk/alias": "T0", "cross": "T2", "hidden-link": "H"} {
+	for name, w := range map[string]string{"t1": "456 -\n", "t3": "123 -\n", "lnk/alias": "T0", "cross": "T2", "hidden-link": "H", "rep": "now a file", "rep-link": "u", "rep2/b": "b"} {
 		if g := gotTree[name].body; g != w {
 			t.Errorf("%s: got %q, want %q", name, g, w)
 		}
@@ -1923,7 +2030,7 @@ func BenchmarkFlatten(b *testing.B) {
 	b.Run("flatten", func(b *testing.B) {
 		b.SetBytes(total)
 		for b.Loop() {
-			if err := flatten(context.Background(), io.Discard, layers, spool); err != nil {
+			if err := flatten(context.Background(), discardOutput{}, layers, spool); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -1934,7 +2041,7 @@ func BenchmarkFlatten(b *testing.B) {
 	b.Run("flatten-resolving", func(b *testing.B) {
 		b.SetBytes(total)
 		for b.Loop() {
-			if err := flatten(context.Background(), io.Discard, resolving, spool); err != nil {
+			if err := flatten(context.Background(), discardOutput{}, resolving, spool); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -2039,7 +2146,9 @@ func randomStack(r *rand.Rand, dups bool) [][]ent {
 				if _, ok := used[p]; ok && (!dups || r.IntN(2) == 0) {
 					continue
 				}
-				if k >= 2 && hasChildren(p) || !addParents(p) {
+				// With dups, a non-directory may replace a directory
+				// that has entries of this layer under it.
+				if k >= 2 && hasChildren(p) && (!dups || r.IntN(2) == 0) || !addParents(p) {
 					continue
 				}
 			}
@@ -2105,7 +2214,7 @@ func TestFlattenMatchesUmociRandom(t *testing.T) {
 	}
 	// Counted by the subtests, which run in parallel (as many at once as
 	// -parallel allows, GOMAXPROCS by default: umoci and tar are processes).
-	var compared, unsupported atomic.Int32
+	var compared atomic.Int32
 	t.Run("stacks", func(t *testing.T) {
 		for seed := range uint64(200) {
 			layers := randomStack(rand.New(rand.NewPCG(seed, 1)), seed%2 == 1)
@@ -2130,12 +2239,6 @@ func TestFlattenMatchesUmociRandom(t *testing.T) {
 					}
 					return
 				}
-				if ferr != nil && strings.Contains(ferr.Error(), errSameLayerDirReplaced) {
-					// Known gap: the directory's entries are already in the
-					// output when the replacing entry comes.
-					unsupported.Add(1)
-					t.Skipf("flatten refuses what umoci unpacks: %v", ferr)
-				}
 				if ferr != nil {
 					t.Fatalf("flatten: got error %v, want nil (umoci unpacks this stack)", ferr)
 				}
@@ -2149,7 +2252,7 @@ func TestFlattenMatchesUmociRandom(t *testing.T) {
 		}
 	})
 	// Guards against a generator change that makes umoci refuse everything.
-	t.Logf("stacks compared with umoci: %d; refused by flatten only for a directory replaced in its own layer: %d", compared.Load(), unsupported.Load())
+	t.Logf("stacks compared with umoci: %d", compared.Load())
 	if compared.Load() < 100 {
 		t.Errorf("stacks compared with umoci: got %d, want at least 100", compared.Load())
 	}
@@ -2204,7 +2307,7 @@ func TestFlattenMemoryIndependentOfContent(t *testing.T) {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		if err := flatten(t.Context(), io.Discard, layers, t.TempDir()); err != nil {
+		if err := flatten(t.Context(), discardOutput{}, layers, t.TempDir()); err != nil {
 			t.Fatalf("flatten: got error %v, want nil", err)
 		}
 		runtime.ReadMemStats(&after)
@@ -2235,7 +2338,7 @@ func BenchmarkFlattenDuplicateHardlinks(b *testing.B) {
 			layers := []flattenLayer{memLayer(tarBytes(b, ents))}
 			spool := b.TempDir()
 			for b.Loop() {
-				if err := flatten(context.Background(), io.Discard, layers, spool); err != nil {
+				if err := flatten(context.Background(), discardOutput{}, layers, spool); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -2253,6 +2356,38 @@ func TestFlattenResolvesThroughPullReaders(t *testing.T) {
 		{tDir("etc"), tReg("etc/hostname", "h")},
 		{tReg("bin/hello", "hi")},
 	}
+	tree, opens := writeRootfsTree(t, layers)
+	if want := []int{2, 2, 1}; !slices.Equal(opens, want) {
+		t.Errorf("layer opens: got %v, want %v (the lower layers once more, to resolve)", opens, want)
+	}
+	compareTrees(t, tree, map[string]node{
+		"bin": nSym("usr/bin"), "usr": nDir(), "usr/bin": nDir(), "usr/bin/sh": nFileMode("sh", 0o755),
+		"usr/bin/hello": nFile("hi"), "etc": nDir(), "etc/hostname": nFile("h"),
+	})
+}
+
+// TestFlattenRewindsRootfs replaces directories filled in their own layer,
+// in two layers, through writeRootfs: one more pass finds both, and
+// rootfs.tar holds only what that pass wrote.
+func TestFlattenRewindsRootfs(t *testing.T) {
+	body := strings.Repeat("x", 3<<20) // past writeRootfs's buffer: the first pass reaches the file
+	layers := [][]ent{
+		{tDir("y"), tReg("y/a", body), tLink("keep", "y/a"), tReg("y", "lower")},
+		{tDir("x"), tReg("x/a", body), tReg("x", "upper"), tReg("top", "t")},
+	}
+	tree, opens := writeRootfsTree(t, layers)
+	if want := []int{2, 2}; !slices.Equal(opens, want) {
+		t.Errorf("layer opens: got %v, want %v (every layer once more, for the second pass)", opens, want)
+	}
+	compareTrees(t, tree, map[string]node{"x": nFile("upper"), "y": nFile("lower"), "keep": nFile(body), "top": nFile("t")})
+}
+
+// writeRootfsTree runs layers through writeRootfs, whose layer streams are
+// gzip readers over one shared file per layer that every open rewinds, and
+// returns the tree tar -x makes of rootfs.tar and how often each layer was
+// opened.
+func writeRootfsTree(t *testing.T, layers [][]ent) (map[string]node, []int) {
+	t.Helper()
 	dir := t.TempDir()
 	var files []*os.File
 	var diffIDs []v1.Hash
@@ -2289,16 +2424,11 @@ func TestFlattenResolvesThroughPullReaders(t *testing.T) {
 	if err := writeRootfs(t.Context(), dir, layer, diffIDs); err != nil {
 		t.Fatalf("writeRootfs: got error %v, want nil", err)
 	}
-	if want := []int{2, 2, 1}; !slices.Equal(opens, want) {
-		t.Errorf("layer opens: got %v, want %v (the lower layers once more, to resolve)", opens, want)
-	}
 	b, err := os.ReadFile(filepath.Join(dir, rootfsName))
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkInvariants(t, readOutput(t, b), true)
 	tree, _ := walkTree(t, extract(t, b))
-	compareTrees(t, tree, map[string]node{
-		"bin": nSym("usr/bin"), "usr": nDir(), "usr/bin": nDir(), "usr/bin/sh": nFileMode("sh", 0o755),
-		"usr/bin/hello": nFile("hi"), "etc": nDir(), "etc/hostname": nFile("h"),
-	})
+	return tree, opens
 }

@@ -700,7 +700,7 @@ func writeRootfs(ctx context.Context, dir string, layer func(context.Context, in
 		return err
 	}
 	defer out.Close()
-	w := bufio.NewWriterSize(&earlyWriteback{f: out}, 1<<20)
+	w := newFileOutput(out)
 	layers := make([]flattenLayer, len(diffIDs))
 	for i := range layers {
 		layers[i] = flattenLayer{open: func() (io.ReadCloser, error) {
