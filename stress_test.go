@@ -67,6 +67,7 @@ type bangerEnv struct {
 	cache, data string
 	bin         string
 	registry    string
+	env         []string // NAME=value added to every run's environment
 }
 
 func newBangerEnv(t *testing.T, registry string) *bangerEnv {
@@ -81,7 +82,7 @@ func newBangerEnv(t *testing.T, registry string) *bangerEnv {
 
 func (e *bangerEnv) cmd(args ...string) *exec.Cmd {
 	cmd := exec.Command(e.bin, args...)
-	cmd.Env = append(os.Environ(), "BANGER_CACHE_DIR="+e.cache, "BANGER_DATA_DIR="+e.data)
+	cmd.Env = append(append(os.Environ(), "BANGER_CACHE_DIR="+e.cache, "BANGER_DATA_DIR="+e.data), e.env...)
 	return cmd
 }
 
