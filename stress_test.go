@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -19,7 +20,11 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // Issue 3: separate banger processes racing each other and being killed.
@@ -33,24 +38,53 @@ var (
 // prunes overlap.
 var stressImages = []string{"s0:1", "s1:1", "s2:1", "s3:1"}
 
-func pushStressImages(t *testing.T, host string) {
-	t.Helper()
-	rng := rand.New(rand.NewPCG(1, 2))
-	blob := func(n int) string {
+// stressImageSet builds the images of stressImages once for the test
+// binary; building them (random content, gzip) cost more than pushing them.
+// The 4 MiB base layer is an uncompressed tar: inflating it was most of
+// what a pull cost under -race, and what these tests race is the cache and
+// the store, which see one 4 MiB blob either way. Each image's own layer is
+// gzipped, so that the pulls still decompress.
+var stressImageSet = sync.OnceValue(func() map[string]v1.Image {
+	rng := rand.NewChaCha8([32]byte{1, 2})
+	random := func(n int) []byte {
 		b := make([]byte, n)
-		for i := range b {
-			b[i] = byte('a' + rng.IntN(26))
+		rng.Read(b)
+		return b
+	}
+	// letters compress as text does, to about 60%.
+	letters := func(n int) string {
+		b := random(n)
+		for i, c := range b {
+			b[i] = 'a' + c%26
 		}
 		return string(b)
 	}
-	var baseEntries []entry
-	baseEntries = append(baseEntries, dir("data/"))
+	baseEntries := []entry{dir("data/")}
 	for i := range 16 {
-		baseEntries = append(baseEntries, file(fmt.Sprintf("data/f%02d", i), blob(256<<10)))
+		baseEntries = append(baseEntries, file(fmt.Sprintf("data/f%02d", i), string(random(256<<10))))
 	}
-	base := layerOf(baseEntries...)
+	base := static.NewLayer(tarBytes(baseEntries), types.OCIUncompressedLayer)
+	images := map[string]v1.Image{}
 	for i, ref := range stressImages {
-		img := imageOf("/x", base, layerOf(dir("own/"), file("own/id", fmt.Sprint(i)), file("own/blob", blob(512<<10)), file(fmt.Sprintf("data/.wh.f%02d", i), "")))
+		var gz bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&gz, gzip.BestSpeed)
+		zw.Write(tarBytes([]entry{dir("own/"), file("own/id", fmt.Sprint(i)), file("own/blob", letters(512<<10)), file(fmt.Sprintf("data/.wh.f%02d", i), "")}))
+		zw.Close()
+		// Given gzip, tarball serves it as it is instead of compressing
+		// the tar again for every push.
+		own, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(gz.Bytes())), nil }, tarball.WithMediaType(types.OCILayer))
+		if err != nil {
+			panic(err)
+		}
+		images[ref] = imageOf("/x", base, own)
+	}
+	return images
+})
+
+// pushStressImages pushes stressImages to the registry at host.
+func pushStressImages(t *testing.T, host string) {
+	t.Helper()
+	for ref, img := range stressImageSet() {
 		r, err := name.ParseReference(host + "/" + ref)
 		if err != nil {
 			t.Fatal(err)
