@@ -210,7 +210,7 @@ func checkCacheInvariants(t *testing.T, cacheRoot string, clean bool) {
 }
 
 // TestStressPullPrune: 8 concurrent pull processes over images sharing base
-// layers while another process prunes in a loop. Every pull succeeds and
+// layers while other processes prune in a loop. Every pull succeeds and
 // every rootfs is byte-identical to a reference flatten.
 func TestStressPullPrune(t *testing.T) {
 	if testing.Short() {
@@ -221,20 +221,27 @@ func TestStressPullPrune(t *testing.T) {
 	want := references(t, host)
 	e := newBangerEnv(t, host)
 
-	duration := 15 * time.Second
+	// A count, not a duration, so that a loaded machine runs as many pulls
+	// as an idle one (15 s under -race used to fit one pull per worker);
+	// -long goes on for 3 minutes. The prune loops run until the pulls are
+	// done.
+	const pullsPerWorker = 4
+	var duration time.Duration
 	if *long {
 		duration = 3 * time.Minute
 	}
-	deadline := time.Now().Add(duration)
+	start := time.Now()
+	deadline := start.Add(duration)
 	var (
-		wg              sync.WaitGroup
+		wg, pullers     sync.WaitGroup
 		mu              sync.Mutex
 		pulls, failures int
 		prunes          int
+		pulling         = make(chan struct{}) // closed when the pulls are done
 	)
 	for w := range 8 {
-		wg.Go(func() {
-			for i := 0; time.Now().Before(deadline); i++ {
+		pullers.Go(func() {
+			for i := 0; i < pullsPerWorker || time.Now().Before(deadline); i++ {
 				img := stressImages[(w+i)%len(stressImages)]
 				name := fmt.Sprintf("w%d-%d", w, i)
 				sum, err := e.pull(host+"/"+img, name)
@@ -252,8 +259,17 @@ func TestStressPullPrune(t *testing.T) {
 			}
 		})
 	}
+	go func() { pullers.Wait(); close(pulling) }()
+	done := func() bool {
+		select {
+		case <-pulling:
+			return true
+		default:
+			return false
+		}
+	}
 	wg.Go(func() {
-		for time.Now().Before(deadline) {
+		for !done() {
 			e.run("image", "cache", "prune")
 			mu.Lock()
 			prunes++
@@ -266,7 +282,7 @@ func TestStressPullPrune(t *testing.T) {
 	// its planning, re-checks and leftover sweeps racing the pulls, which
 	// must never take a stage, or an image a pull just named.
 	wg.Go(func() {
-		for i := 0; time.Now().Before(deadline); i++ {
+		for i := 0; !done(); i++ {
 			policy := []string{"--older-than", "1h"}
 			if i%2 == 1 {
 				policy = []string{"--max-size", "1GiB"}
@@ -278,7 +294,9 @@ func TestStressPullPrune(t *testing.T) {
 			time.Sleep(time.Duration(rand.IntN(200)) * time.Millisecond)
 		}
 	})
+	pullers.Wait()
 	wg.Wait()
+	elapsed := time.Since(start)
 	checkCacheInvariants(t, e.cache, false)
 
 	// Racing pulls of one name, alternating two images, leave exactly one
@@ -330,7 +348,7 @@ func TestStressPullPrune(t *testing.T) {
 
 	e.run("image", "cache", "prune")
 	checkCacheInvariants(t, e.cache, true)
-	t.Logf("%d pulls (%d failed) and %d prunes in %s", pulls, failures, prunes, duration)
+	t.Logf("%d pulls (%d failed) and %d prunes in %s", pulls, failures, prunes, elapsed.Round(time.Millisecond))
 }
 
 // TestCrashSafety SIGKILLs pulls and prunes at random moments, then checks
