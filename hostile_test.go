@@ -43,12 +43,15 @@ type faultyRegistry struct {
 	fault  atomic.Value // string
 	layers map[string]bool
 	served atomic.Int64 // layer blob GETs answered
+	// slowed gets a value, if it has none, each time the "slow" fault
+	// holds a request.
+	slowed chan struct{}
 }
 
 func startFaultyRegistry(t *testing.T) *faultyRegistry {
 	t.Helper()
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	f := &faultyRegistry{layers: map[string]bool{}}
+	f := &faultyRegistry{layers: map[string]bool{}, slowed: make(chan struct{}, 1)}
 	f.fault.Store("")
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		isLayer := r.Method == http.MethodGet && f.layers[r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]]
@@ -61,6 +64,10 @@ func startFaultyRegistry(t *testing.T) *faultyRegistry {
 			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
 			return
 		case fault == "slow":
+			select {
+			case f.slowed <- struct{}{}:
+			default:
+			}
 			select {
 			case <-r.Context().Done():
 			case <-time.After(10 * time.Second):
@@ -227,10 +234,20 @@ func TestHostileInput(t *testing.T) {
 		var stderr bytes.Buffer
 		cmd := e.cmd("image", "pull", "--name", "interrupted", reg.host+"/app:2")
 		cmd.Stderr = &stderr
+		select {
+		case <-reg.slowed: // left by an earlier case
+		default:
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(300 * time.Millisecond)
+		// Interrupted while it waits on the registry, not after a guess
+		// at how long it takes to get there.
+		select {
+		case <-reg.slowed:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the pull sent the registry nothing within 10 s")
+		}
 		cmd.Process.Signal(os.Interrupt)
 		cmd.Wait()
 		if got := cmd.ProcessState.ExitCode(); got != 130 {
