@@ -282,13 +282,59 @@ func resolveLayout(c *cli.Context) (layout.Layout, error) {
 }
 
 func openCache(c *cli.Context, l layout.Layout) *cache.Cache {
+	return cache.New(l.CacheDir, l.LockFile, cacheOptions(c))
+}
+
+// cacheOptions is the cache's lock wait policy (--wait, --no-wait) and
+// where it reports, for every command that opens the cache.
+func cacheOptions(c *cli.Context) cache.Options {
 	stderr := c.App.ErrWriter
-	return cache.New(l.CacheDir, l.LockFile, cache.Options{
+	return cache.Options{
 		Wait:   c.Duration("wait"),
 		NoWait: c.Bool("no-wait"),
 		Notice: func(msg string) { fmt.Fprintf(stderr, "banger: %s\n", image.Escape(msg)) },
 		Warn:   func(msg string) { fmt.Fprintf(stderr, "banger: warning: %s\n", image.Escape(msg)) },
-	})
+	}
+}
+
+// Environment variables that change how long a pull waits on a registry,
+// for a link slower or faster than the defaults suit (and for tests, which
+// cannot wait 30 s for each stall).
+const (
+	envStallTimeout = "BANGER_STALL_TIMEOUT"
+	envRetryBackoff = "BANGER_RETRY_BACKOFF"
+)
+
+// pullWaits are a pull's waits on a registry; zero means the default.
+type pullWaits struct {
+	stall   time.Duration // image.PullOptions.StallTimeout
+	backoff time.Duration // cache.Options.RetryBackoff
+}
+
+// resolvePullWaits reads $BANGER_STALL_TIMEOUT and $BANGER_RETRY_BACKOFF
+// through getenv. An unset or empty variable keeps the default; anything
+// but a positive Go duration is a usage error naming the variable.
+func resolvePullWaits(getenv func(string) string) (pullWaits, error) {
+	var w pullWaits
+	for _, v := range []struct {
+		name string
+		dst  *time.Duration
+		def  string
+	}{
+		{envStallTimeout, &w.stall, image.DefaultStallTimeout.String()},
+		{envRetryBackoff, &w.backoff, cache.DefaultRetryBackoff.String()},
+	} {
+		s := getenv(v.name)
+		if s == "" {
+			continue
+		}
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			return pullWaits{}, usageErr{fmt.Errorf("$%s is %q, not a positive duration such as 5s or 500ms; unset it for the default (%s)", v.name, s, v.def)}
+		}
+		*v.dst = d
+	}
+	return w, nil
 }
 
 // openStore returns the image store with the same lock wait policy as the
@@ -479,6 +525,10 @@ Example:
 			if err != nil {
 				return err
 			}
+			waits, err := resolvePullWaits(os.Getenv)
+			if err != nil {
+				return err
+			}
 			opts := image.PullOptions{
 				Name:     c.String("name"),
 				Platform: c.String("platform"),
@@ -489,6 +539,7 @@ Example:
 				RegistriesConf: c.String("registries-conf"),
 				AuthFile:       c.String("authfile"),
 				CertDir:        c.String("cert-dir"),
+				StallTimeout:   waits.stall,
 				Notice:         func(msg string) { fmt.Fprintf(c.App.ErrWriter, "banger: %s\n", image.Escape(msg)) },
 			}
 			var bar *progressLine
@@ -507,7 +558,9 @@ Example:
 				ctx, cancel = context.WithTimeout(ctx, d)
 				defer cancel()
 			}
-			img, err := image.Pull(ctx, openCache(c, l), openStore(c, l), c.Args().First(), opts)
+			cacheOpts := cacheOptions(c)
+			cacheOpts.RetryBackoff = waits.backoff
+			img, err := image.Pull(ctx, cache.New(l.CacheDir, l.LockFile, cacheOpts), openStore(c, l), c.Args().First(), opts)
 			bar.finish()
 			if errors.Is(err, context.DeadlineExceeded) {
 				return fmt.Errorf("%w; the pull did not finish within --timeout %s", err, c.Duration("timeout"))

@@ -226,6 +226,10 @@ const manSections = `
 
 **CONTAINERS_REGISTRIES_CONF** the registries.conf to read (mirrors, rewrites, blocks, insecure registries), when --registries-conf is not given
 
+**BANGER_STALL_TIMEOUT** how long a registry connection may make no progress before the pull fails, as a Go duration (default 30s)
+
+**BANGER_RETRY_BACKOFF** the pause before a blob's second download attempt, doubling for each further one, as a Go duration (default 250ms)
+
 **COLUMNS** the terminal's width, when the terminal does not say
 
 **HTTPS_PROXY**, **HTTP_PROXY**, **NO_PROXY** the proxy for registry connections

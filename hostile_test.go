@@ -43,12 +43,15 @@ type faultyRegistry struct {
 	fault  atomic.Value // string
 	layers map[string]bool
 	served atomic.Int64 // layer blob GETs answered
+	// slowed gets a value, if it has none, each time the "slow" fault
+	// holds a request.
+	slowed chan struct{}
 }
 
 func startFaultyRegistry(t *testing.T) *faultyRegistry {
 	t.Helper()
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	f := &faultyRegistry{layers: map[string]bool{}}
+	f := &faultyRegistry{layers: map[string]bool{}, slowed: make(chan struct{}, 1)}
 	f.fault.Store("")
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		isLayer := r.Method == http.MethodGet && f.layers[r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]]
@@ -61,6 +64,10 @@ func startFaultyRegistry(t *testing.T) *faultyRegistry {
 			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
 			return
 		case fault == "slow":
+			select {
+			case f.slowed <- struct{}{}:
+			default:
+			}
 			select {
 			case <-r.Context().Done():
 			case <-time.After(10 * time.Second):
@@ -145,6 +152,9 @@ func TestHostileInput(t *testing.T) {
 	}
 	reg := startFaultyRegistry(t)
 	e := newBangerEnv(t, reg.host)
+	// The retried cases give up after the same 4 attempts, without
+	// waiting through the real backoff between them.
+	e.env = []string{"BANGER_RETRY_BACKOFF=1ms"}
 	// Something to lose: an image and its blobs.
 	e.run("image", "pull", "-q", reg.host+"/app:1")
 	beforeImages, beforeBlobs := snapshot(t, e.data), snapshot(t, filepath.Join(e.cache, "oci", "blobs"))
@@ -224,10 +234,20 @@ func TestHostileInput(t *testing.T) {
 		var stderr bytes.Buffer
 		cmd := e.cmd("image", "pull", "--name", "interrupted", reg.host+"/app:2")
 		cmd.Stderr = &stderr
+		select {
+		case <-reg.slowed: // left by an earlier case
+		default:
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(300 * time.Millisecond)
+		// Interrupted while it waits on the registry, not after a guess
+		// at how long it takes to get there.
+		select {
+		case <-reg.slowed:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the pull sent the registry nothing within 10 s")
+		}
 		cmd.Process.Signal(os.Interrupt)
 		cmd.Wait()
 		if got := cmd.ProcessState.ExitCode(); got != 130 {
@@ -542,7 +562,9 @@ func checkHostile(t *testing.T, e *bangerEnv, prefix []string, keepBlobs bool, a
 // TestHostileRegistry: crafted registries on 127.0.0.1 that lie about
 // sizes, never answer, loop, point elsewhere or send terminal escapes. Each
 // fails the pull with one line and leaves nothing behind, within bounded
-// memory. (The cases that wait for the 30 s stall timeout run in parallel.)
+// memory. Every case runs with a 2 s stall timeout, which the stall cases
+// must report, so that they wait 2 s, not the default 30, and with a 1 ms
+// retry backoff, so that a retried blob costs no waiting.
 func TestHostileRegistry(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipped in -short mode")
@@ -750,7 +772,7 @@ func TestHostileRegistry(t *testing.T) {
 				}
 			},
 			wantCode: 1,
-			wantErr:  `127\.0\.0\.1:\d+ sent nothing for 30s \(a stalled connection is not retried\)`,
+			wantErr:  `127\.0\.0\.1:\d+ sent nothing for 2s \(a stalled connection is not retried\)`,
 			after: func(t *testing.T, cr *craftedRegistry, c *craftedImage) {
 				if n := cr.count("/v2/x/manifests/1"); n != 1 {
 					t.Errorf("the stalled manifest was requested %d times, want 1", n)
@@ -772,7 +794,7 @@ func TestHostileRegistry(t *testing.T) {
 				}
 			},
 			wantCode: 1,
-			wantErr:  `layer 0: fetching blob ` + hex64 + ` from [^ ]+: 127\.0\.0\.1:\d+ sent nothing for 30s \(a stalled connection is not retried\)`,
+			wantErr:  `layer 0: fetching blob ` + hex64 + ` from [^ ]+: 127\.0\.0\.1:\d+ sent nothing for 2s \(a stalled connection is not retried\)`,
 		},
 	}
 	for _, tt := range tests {
@@ -783,6 +805,7 @@ func TestHostileRegistry(t *testing.T) {
 			blobs := map[string][]byte{c.configDigest: c.config, c.layerDigest: c.layer}
 			cr := startCraftedRegistry(t, c.rawManifest(t), oci, blobs, override)
 			e := newBangerEnv(t, cr.host)
+			e.env = []string{"BANGER_STALL_TIMEOUT=2s", "BANGER_RETRY_BACKOFF=1ms"}
 			run := runHostile(t, e, nil, "image", "pull", cr.host+"/x:1")
 			t.Logf("stderr: %speak RSS: %d KiB", run.stderr, run.maxRSS)
 			if run.code != tt.wantCode {

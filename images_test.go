@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -67,26 +68,30 @@ func layerOf(entries ...entry) v1.Layer {
 	return l
 }
 
-// Layers shared by the test images: base is every image's first layer, so
-// pulls of different images share its blob.
-var (
-	baseLayer = layerOf(
+// sharedLayers are the layers of the test images: base is every image's
+// first layer, so that pulls of different images share its blob. They are
+// built on first use, not at package init: every banger child is this test
+// binary, and gzipping them cost each child's start about a fifth of its
+// time under -race.
+var sharedLayers = sync.OnceValue(func() (l struct{ base, app, opaque v1.Layer }) {
+	l.base = layerOf(
 		dir("etc/"), file("etc/os-release", "ID=banger-test\n"),
 		dir("bin/"), file("bin/tool", "#!/bin/sh\necho tool\n"), hardlink("bin/tool-link", "bin/tool"),
 		dir("usr/"), dir("usr/share/"), dir("usr/share/doc/"),
 		file("usr/share/doc/a.txt", "a\n"), file("usr/share/doc/b.txt", "b\n"),
 		symlink("usr/share/up", "../../../../etc/os-release"),
 	)
-	appLayer = layerOf(
+	l.app = layerOf(
 		dir("app/"), file("app/run", "#!/bin/sh\necho app\n"),
 		file("usr/share/doc/.wh.a.txt", ""),
 		file("etc/os-release", "ID=banger-app\n"),
 	)
-	opaqueLayer = layerOf(
+	l.opaque = layerOf(
 		dir("usr/share/doc/"), file("usr/share/doc/.wh..wh..opq", ""), file("usr/share/doc/c.txt", "c\n"),
 		file("bin/.wh.tool", ""),
 	)
-)
+	return l
+})
 
 func imageOf(cmd string, layers ...v1.Layer) v1.Image {
 	img, err := mutate.AppendLayers(mutate.MediaType(mutate.ConfigMediaType(empty.Image, types.OCIConfigJSON), types.OCIManifestSchema1), layers...)
@@ -126,17 +131,19 @@ func withPlatform(img v1.Image, arch string) v1.Image {
 
 // testImages are pushed to the test registries under these repository:tag names.
 func testImages() map[string]v1.Image {
+	l := sharedLayers()
 	return map[string]v1.Image{
-		"base:1": imageOf("/bin/tool", baseLayer),
-		"app:1":  imageOf("/app/run", baseLayer, appLayer),
-		"app:2":  imageOf("/app/run", baseLayer, appLayer, opaqueLayer),
+		"base:1": imageOf("/bin/tool", l.base),
+		"app:1":  imageOf("/app/run", l.base, l.app),
+		"app:2":  imageOf("/app/run", l.base, l.app, l.opaque),
 	}
 }
 
 // multiPlatform is an index with linux/amd64 and linux/arm64 images.
 func multiPlatform() v1.ImageIndex {
-	amd := imageOf("/app/run", baseLayer, appLayer)
-	arm := withPlatform(imageOf("/bin/tool", baseLayer), "arm64")
+	l := sharedLayers()
+	amd := imageOf("/app/run", l.base, l.app)
+	arm := withPlatform(imageOf("/bin/tool", l.base), "arm64")
 	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 	return mutate.AppendManifests(idx,
 		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},

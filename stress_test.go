@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -19,7 +20,11 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // Issue 3: separate banger processes racing each other and being killed.
@@ -33,24 +38,53 @@ var (
 // prunes overlap.
 var stressImages = []string{"s0:1", "s1:1", "s2:1", "s3:1"}
 
-func pushStressImages(t *testing.T, host string) {
-	t.Helper()
-	rng := rand.New(rand.NewPCG(1, 2))
-	blob := func(n int) string {
+// stressImageSet builds the images of stressImages once for the test
+// binary; building them (random content, gzip) cost more than pushing them.
+// The 4 MiB base layer is an uncompressed tar: inflating it was most of
+// what a pull cost under -race, and what these tests race is the cache and
+// the store, which see one 4 MiB blob either way. Each image's own layer is
+// gzipped, so that the pulls still decompress.
+var stressImageSet = sync.OnceValue(func() map[string]v1.Image {
+	rng := rand.NewChaCha8([32]byte{1, 2})
+	random := func(n int) []byte {
 		b := make([]byte, n)
-		for i := range b {
-			b[i] = byte('a' + rng.IntN(26))
+		rng.Read(b)
+		return b
+	}
+	// letters compress as text does, to about 60%.
+	letters := func(n int) string {
+		b := random(n)
+		for i, c := range b {
+			b[i] = 'a' + c%26
 		}
 		return string(b)
 	}
-	var baseEntries []entry
-	baseEntries = append(baseEntries, dir("data/"))
+	baseEntries := []entry{dir("data/")}
 	for i := range 16 {
-		baseEntries = append(baseEntries, file(fmt.Sprintf("data/f%02d", i), blob(256<<10)))
+		baseEntries = append(baseEntries, file(fmt.Sprintf("data/f%02d", i), string(random(256<<10))))
 	}
-	base := layerOf(baseEntries...)
+	base := static.NewLayer(tarBytes(baseEntries), types.OCIUncompressedLayer)
+	images := map[string]v1.Image{}
 	for i, ref := range stressImages {
-		img := imageOf("/x", base, layerOf(dir("own/"), file("own/id", fmt.Sprint(i)), file("own/blob", blob(512<<10)), file(fmt.Sprintf("data/.wh.f%02d", i), "")))
+		var gz bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&gz, gzip.BestSpeed)
+		zw.Write(tarBytes([]entry{dir("own/"), file("own/id", fmt.Sprint(i)), file("own/blob", letters(512<<10)), file(fmt.Sprintf("data/.wh.f%02d", i), "")}))
+		zw.Close()
+		// Given gzip, tarball serves it as it is instead of compressing
+		// the tar again for every push.
+		own, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(gz.Bytes())), nil }, tarball.WithMediaType(types.OCILayer))
+		if err != nil {
+			panic(err)
+		}
+		images[ref] = imageOf("/x", base, own)
+	}
+	return images
+})
+
+// pushStressImages pushes stressImages to the registry at host.
+func pushStressImages(t *testing.T, host string) {
+	t.Helper()
+	for ref, img := range stressImageSet() {
 		r, err := name.ParseReference(host + "/" + ref)
 		if err != nil {
 			t.Fatal(err)
@@ -67,6 +101,7 @@ type bangerEnv struct {
 	cache, data string
 	bin         string
 	registry    string
+	env         []string // NAME=value added to every run's environment
 }
 
 func newBangerEnv(t *testing.T, registry string) *bangerEnv {
@@ -81,7 +116,7 @@ func newBangerEnv(t *testing.T, registry string) *bangerEnv {
 
 func (e *bangerEnv) cmd(args ...string) *exec.Cmd {
 	cmd := exec.Command(e.bin, args...)
-	cmd.Env = append(os.Environ(), "BANGER_CACHE_DIR="+e.cache, "BANGER_DATA_DIR="+e.data)
+	cmd.Env = append(append(os.Environ(), "BANGER_CACHE_DIR="+e.cache, "BANGER_DATA_DIR="+e.data), e.env...)
 	return cmd
 }
 
@@ -175,7 +210,7 @@ func checkCacheInvariants(t *testing.T, cacheRoot string, clean bool) {
 }
 
 // TestStressPullPrune: 8 concurrent pull processes over images sharing base
-// layers while another process prunes in a loop. Every pull succeeds and
+// layers while other processes prune in a loop. Every pull succeeds and
 // every rootfs is byte-identical to a reference flatten.
 func TestStressPullPrune(t *testing.T) {
 	if testing.Short() {
@@ -186,20 +221,27 @@ func TestStressPullPrune(t *testing.T) {
 	want := references(t, host)
 	e := newBangerEnv(t, host)
 
-	duration := 15 * time.Second
+	// A count, not a duration, so that a loaded machine runs as many pulls
+	// as an idle one (15 s under -race used to fit one pull per worker);
+	// -long goes on for 3 minutes. The prune loops run until the pulls are
+	// done.
+	const pullsPerWorker = 4
+	var duration time.Duration
 	if *long {
 		duration = 3 * time.Minute
 	}
-	deadline := time.Now().Add(duration)
+	start := time.Now()
+	deadline := start.Add(duration)
 	var (
-		wg              sync.WaitGroup
+		wg, pullers     sync.WaitGroup
 		mu              sync.Mutex
 		pulls, failures int
 		prunes          int
+		pulling         = make(chan struct{}) // closed when the pulls are done
 	)
 	for w := range 8 {
-		wg.Go(func() {
-			for i := 0; time.Now().Before(deadline); i++ {
+		pullers.Go(func() {
+			for i := 0; i < pullsPerWorker || time.Now().Before(deadline); i++ {
 				img := stressImages[(w+i)%len(stressImages)]
 				name := fmt.Sprintf("w%d-%d", w, i)
 				sum, err := e.pull(host+"/"+img, name)
@@ -217,8 +259,17 @@ func TestStressPullPrune(t *testing.T) {
 			}
 		})
 	}
+	go func() { pullers.Wait(); close(pulling) }()
+	done := func() bool {
+		select {
+		case <-pulling:
+			return true
+		default:
+			return false
+		}
+	}
 	wg.Go(func() {
-		for time.Now().Before(deadline) {
+		for !done() {
 			e.run("image", "cache", "prune")
 			mu.Lock()
 			prunes++
@@ -231,7 +282,7 @@ func TestStressPullPrune(t *testing.T) {
 	// its planning, re-checks and leftover sweeps racing the pulls, which
 	// must never take a stage, or an image a pull just named.
 	wg.Go(func() {
-		for i := 0; time.Now().Before(deadline); i++ {
+		for i := 0; !done(); i++ {
 			policy := []string{"--older-than", "1h"}
 			if i%2 == 1 {
 				policy = []string{"--max-size", "1GiB"}
@@ -243,7 +294,9 @@ func TestStressPullPrune(t *testing.T) {
 			time.Sleep(time.Duration(rand.IntN(200)) * time.Millisecond)
 		}
 	})
+	pullers.Wait()
 	wg.Wait()
+	elapsed := time.Since(start)
 	checkCacheInvariants(t, e.cache, false)
 
 	// Racing pulls of one name, alternating two images, leave exactly one
@@ -295,7 +348,7 @@ func TestStressPullPrune(t *testing.T) {
 
 	e.run("image", "cache", "prune")
 	checkCacheInvariants(t, e.cache, true)
-	t.Logf("%d pulls (%d failed) and %d prunes in %s", pulls, failures, prunes, duration)
+	t.Logf("%d pulls (%d failed) and %d prunes in %s", pulls, failures, prunes, elapsed.Round(time.Millisecond))
 }
 
 // TestCrashSafety SIGKILLs pulls and prunes at random moments, then checks

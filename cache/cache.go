@@ -109,7 +109,14 @@ type Options struct {
 	// Warn, if set, reports a problem that was repaired, such as a corrupt
 	// cached blob that was discarded and fetched again.
 	Warn func(msg string)
+	// RetryBackoff is the pause before Fetch's second attempt at a blob,
+	// doubling for each further one; 0 means DefaultRetryBackoff.
+	RetryBackoff time.Duration
 }
+
+// DefaultRetryBackoff is the pause before Fetch's second attempt at a blob
+// when Options.RetryBackoff is 0.
+const DefaultRetryBackoff = backoff
 
 // Cache is a blob cache rooted at one directory. A Cache holds no open files
 // between calls and is safe for concurrent use by goroutines and by separate
@@ -120,9 +127,9 @@ type Cache struct {
 	opts     Options
 
 	// backoff is the pause before Fetch's second attempt, doubling for
-	// each further one; noticeAfter is how long a lock wait stays silent.
-	// They are fields, set by New to the package defaults, so that tests
-	// can shorten them instead of sleeping.
+	// each further one (Options.RetryBackoff, or the package default);
+	// noticeAfter is how long a lock wait stays silent. They are fields,
+	// set by New, so that tests can shorten them instead of sleeping.
 	backoff     time.Duration
 	noticeAfter time.Duration
 	// now is the clock for last-use times; tests move it instead of
@@ -134,7 +141,7 @@ type Cache struct {
 // outside dir (prune renames dir) and beside it on one filesystem. It
 // touches no files: the cache is created by the first Fetch.
 func New(dir, lockPath string, opts Options) *Cache {
-	return &Cache{
+	c := &Cache{
 		dir:         filepath.Clean(dir),
 		lockPath:    lockPath,
 		opts:        opts,
@@ -142,6 +149,10 @@ func New(dir, lockPath string, opts Options) *Cache {
 		noticeAfter: noticeAfter,
 		now:         time.Now,
 	}
+	if opts.RetryBackoff > 0 {
+		c.backoff = opts.RetryBackoff
+	}
+	return c
 }
 
 // Paths are the files and directories a Cache uses, for showing to a user

@@ -245,6 +245,25 @@ func checkNoLeftovers(t *testing.T, c *Cache) {
 	}
 }
 
+// TestNewRetryBackoff: Options.RetryBackoff replaces the first pause
+// between attempts, and 0 keeps the default.
+func TestNewRetryBackoff(t *testing.T) {
+	tests := []struct {
+		name      string
+		opt, want time.Duration
+	}{
+		{"zero: the default", 0, DefaultRetryBackoff},
+		{"set", time.Millisecond, time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := New("oci", "oci.lock", Options{RetryBackoff: tt.opt}).backoff; got != tt.want {
+				t.Errorf("New(Options{RetryBackoff: %v}).backoff = %v, want %v", tt.opt, got, tt.want)
+			}
+		})
+	}
+}
+
 func TestParseDigest(t *testing.T) {
 	good := strings.Repeat("0123456789abcdef", 4)
 	tests := []struct {

@@ -60,6 +60,11 @@ func runCrashChild(t *testing.T, dir, op, step string, nth int) bool {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestStoreCrashChild$")
 	cmd.Env = append(os.Environ(), crashDirEnv+"="+dir, crashOpEnv+"="+op, crashStepEnv+"="+step, crashNthEnv+"="+strconv.Itoa(nth))
+	// A child built with -race sleeps a second when it exits normally
+	// (GORACE atexit_sleep_ms=1000), as the last child of every step does.
+	if os.Getenv("GORACE") == "" {
+		cmd.Env = append(cmd.Env, "GORACE=atexit_sleep_ms=0")
+	}
 	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {
