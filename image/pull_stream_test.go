@@ -3,6 +3,7 @@ package image
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -167,51 +168,107 @@ func (w *flippingWriter) Write(p []byte) (int, error) {
 }
 
 // TestPullLargeLayersOneAtATime checks the download schedule: layers larger
-// than prefetchWindow are fetched top first and one after another (the next
-// starts only within the window of the current one's end), so the layer
+// than prefetchWindow are fetched top first, and each starts only once the
+// downloads running have at most prefetchWindow bytes left, so the layer
 // being flattened has the link; layers under the window still go Jobs at a
 // time (TestPullJobs).
 func TestPullLargeLayersOneAtATime(t *testing.T) {
 	const nLayers = 3
 	var layers []v1.Layer
-	digests := map[string]bool{}
+	sizes := map[string]int64{}
 	index := map[string]int{}
 	for i := range nLayers {
 		l := uncompressedLayer(t, tReg(fmt.Sprintf("f%d", i), randomBody(uint64(10+i), prefetchWindow+1<<20)))
 		layers = append(layers, l)
 		d := digestOf(t, l).String()
-		digests[d], index[d] = true, i
+		size, err := l.Size()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes[d], index[d] = size, i
 	}
-	var (
-		mu    sync.Mutex
-		order []int
-	)
-	wrap := func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if _, d, ok := strings.Cut(r.URL.Path, "/blobs/"); ok && r.Method == http.MethodGet && digests[d] {
-				mu.Lock()
-				order = append(order, index[d])
-				mu.Unlock()
-			}
-			next.ServeHTTP(w, r)
-		})
-	}
-	host := startRegistry(t, wrap)
+	host := startRegistry(t, nil)
 	ref := host + "/big:1"
 	pushImage(t, ref, testImage(t, linuxAMD64, layers...))
 	e := newTestEnv(t)
-	ct := &countingTransport{digests: digests}
-	if _, err := Pull(t.Context(), e.cache, e.store, ref, PullOptions{Jobs: nLayers, Transport: ct}); err != nil {
+	lt := &leftTransport{sizes: sizes, index: index}
+	if _, err := Pull(t.Context(), e.cache, e.store, ref, PullOptions{Jobs: nLayers, Transport: lt}); err != nil {
 		t.Fatalf("Pull(%s): %v", ref, err)
 	}
-	ct.mu.Lock()
-	defer ct.mu.Unlock()
-	if ct.max > 2 {
-		t.Errorf("Pull(%s, Jobs %d) of %d layers of %d bytes had %d layer GETs open at once, want at most 2 (one, and the next within %d bytes of its end)", ref, nLayers, nLayers, prefetchWindow+1<<20, ct.max, prefetchWindow)
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	if want := []int{2, 1, 0}; !slices.Equal(lt.order, want) {
+		t.Errorf("Pull(%s) requested layers in order %v, want top first: %v", ref, lt.order, want)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if want := []int{2, 1, 0}; !slices.Equal(order, want) {
-		t.Errorf("Pull(%s) requested layers in order %v, want top first: %v", ref, order, want)
+	for i, left := range lt.leftAtStart {
+		if left > prefetchWindow {
+			t.Errorf("Pull(%s, Jobs %d): layer %d's GET started while the running downloads had %d bytes left, want at most %d", ref, nLayers, lt.order[i], left, prefetchWindow)
+		}
 	}
+}
+
+// leftTransport records, as each layer GET starts, how many bytes the
+// layer bodies being read still have to come.
+type leftTransport struct {
+	sizes map[string]int64
+	index map[string]int
+
+	mu          sync.Mutex
+	left        map[*leftBody]int64
+	order       []int
+	leftAtStart []int64
+}
+
+func (lt *leftTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	_, digest, ok := strings.Cut(r.URL.Path, "/blobs/")
+	size, layer := lt.sizes[digest]
+	if r.Method != http.MethodGet || !ok || !layer {
+		return http.DefaultTransport.RoundTrip(r)
+	}
+	lt.mu.Lock()
+	var left int64
+	for _, n := range lt.left {
+		left += n
+	}
+	lt.order = append(lt.order, lt.index[digest])
+	lt.leftAtStart = append(lt.leftAtStart, left)
+	b := &leftBody{lt: lt}
+	if lt.left == nil {
+		lt.left = map[*leftBody]int64{}
+	}
+	lt.left[b] = size
+	lt.mu.Unlock()
+	resp, err := http.DefaultTransport.RoundTrip(r)
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	b.ReadCloser = resp.Body
+	resp.Body = b
+	return resp, nil
+}
+
+type leftBody struct {
+	io.ReadCloser
+	lt *leftTransport
+}
+
+func (b *leftBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.lt.mu.Lock()
+	if _, ok := b.lt.left[b]; ok {
+		b.lt.left[b] -= int64(n)
+	}
+	b.lt.mu.Unlock()
+	return n, err
+}
+
+func (b *leftBody) Close() error {
+	b.lt.mu.Lock()
+	delete(b.lt.left, b)
+	b.lt.mu.Unlock()
+	if b.ReadCloser == nil {
+		return nil
+	}
+	return b.ReadCloser.Close()
 }
