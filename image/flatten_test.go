@@ -133,12 +133,28 @@ func memLayers(t testing.TB, layers [][]ent) []flattenLayer {
 }
 
 // runFlatten flattens layers with a fresh spool directory and checks that
-// flatten leaves nothing behind in it, whether it fails or not.
+// flatten leaves nothing behind in it, whether it fails or not. The layers
+// are flattened a second time with every plain entry in the cold index
+// (flatten_index.go), which must change nothing, byte for byte.
 func runFlatten(t *testing.T, layers []flattenLayer) ([]byte, error) {
+	t.Helper()
+	b, err := runFlattenOnce(t, layers, coldAfter)
+	cb, cerr := runFlattenOnce(t, layers, 0)
+	if fmt.Sprint(cerr) != fmt.Sprint(err) {
+		t.Errorf("flatten with every plain entry in the cold index: got error %v, want %v", cerr, err)
+	} else if !bytes.Equal(cb, b) {
+		t.Errorf("flatten with every plain entry in the cold index: got %d bytes of output, want the same %d bytes", len(cb), len(b))
+	}
+	return b, err
+}
+
+// runFlattenOnce is runFlatten for layers whose streams can be read only
+// once, with the given cold index threshold.
+func runFlattenOnce(t *testing.T, layers []flattenLayer, coldAfter int) ([]byte, error) {
 	t.Helper()
 	spool := t.TempDir()
 	out := &bufferOutput{}
-	err := flatten(context.Background(), out, layers, spool)
+	err := flattenCold(context.Background(), out, layers, spool, coldAfter)
 	left, rerr := os.ReadDir(spool)
 	if rerr != nil {
 		t.Fatalf("reading spool dir: %v", rerr)
@@ -1540,7 +1556,7 @@ func TestFlattenStreams(t *testing.T) {
 					return s, nil
 				}})
 			}
-			_, err := runFlatten(t, layers)
+			_, err := runFlattenOnce(t, layers, coldAfter)
 			if err == nil {
 				t.Fatalf("flatten: got nil error, want one containing %q", tt.wantErr)
 			}
@@ -1568,7 +1584,7 @@ func TestFlattenDrainsAndCloses(t *testing.T) {
 		streams = append(streams, s)
 		layers = append(layers, flattenLayer{open: func() (io.ReadCloser, error) { return s, nil }})
 	}
-	if _, err := runFlatten(t, layers); err != nil {
+	if _, err := runFlattenOnce(t, layers, coldAfter); err != nil {
 		t.Fatalf("flatten: got error %v, want nil", err)
 	}
 	for i, s := range streams {
