@@ -74,3 +74,25 @@ func TestFlattenManyFilesMemory(t *testing.T) {
 	runtime.ReadMemStats(&ms)
 	t.Logf("%d files: peak RSS %d MiB, heap in use %d MiB, allocated %d MiB in all, %d ns per entry", n, ru.Maxrss>>10, ms.HeapInuse>>20, ms.TotalAlloc>>20, elapsed.Nanoseconds()/int64(n))
 }
+
+// BenchmarkFlattenManyFiles flattens one layer of 50,000 empty files, most
+// of them past coldAfter, and reports the time per entry.
+func BenchmarkFlattenManyFiles(b *testing.B) {
+	const n = 50_000
+	rc, err := manyFilesLayer(n).open()
+	if err != nil {
+		b.Fatal(err)
+	}
+	blob, err := io.ReadAll(rc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	layers := []flattenLayer{memLayer(blob)}
+	spool := b.TempDir()
+	for b.Loop() {
+		if err := flatten(b.Context(), discardOutput{}, layers, spool); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/entry")
+}
