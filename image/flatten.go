@@ -124,7 +124,7 @@ func flattenCold(ctx context.Context, out flattenOutput, layers []flattenLayer, 
 		f := &flattener{
 			tw:        tar.NewWriter(out),
 			spoolDir:  spoolDir,
-			upper:     make(map[string]shadow),
+			upper:     newUpperIndex(),
 			waiting:   make(map[string]*inode),
 			buf:       make([]byte, 32<<10),
 			layers:    layers,
@@ -403,7 +403,7 @@ type flattener struct {
 	// as neither tar.Reader nor tar.Writer offers WriterTo or ReaderFrom.
 	buf []byte
 	// upper indexes the paths decided by the layers read so far.
-	upper map[string]shadow
+	upper *upperIndex
 	// waiting are placeholders of upper layers, by target path: the next
 	// entry read at that path provides their content.
 	waiting map[string]*inode
@@ -533,12 +533,12 @@ func (f *flattener) commit(ls *layerState) error {
 	// is below the base.
 	if ls.idx > 0 {
 		for p, m := range ls.marks {
-			f.upper[p] |= m.shadow()
+			f.upper.add(p, m.shadow())
 		}
 		if ls.cold != nil {
 			err := ls.cold.each(func(r coldRecord) error {
 				if r.flags&coldMarked != 0 {
-					f.upper[string(r.name)] |= markNonDir.shadow()
+					f.upper.add(string(r.name), markNonDir.shadow())
 				}
 				return nil
 			})
@@ -653,7 +653,7 @@ func (f *flattener) entry(ctx context.Context, ls *layerState, idx int, tr *tar.
 			ls.keepGone = append(ls.keepGone, name)
 		}
 	}
-	sh := f.upper[name]
+	sh := f.upper.get(name)
 	visible := !gone && !buried && sh&hideSelf == 0 && (isDir || sh&hideNonDir == 0)
 	// A plain entry past the first coldAfter of its layer goes to the cold
 	// index unless an upper link resolves at it (flatten_index.go); its
@@ -830,7 +830,7 @@ func (f *flattener) expand(size int64) error {
 // writes are written at the end, as tar and umoci create them: mode 0755,
 // owned by root.
 func (f *flattener) needParents(ls *layerState, name string, mtime time.Time) {
-	if f.upper["."]&hideBelow != 0 {
+	if f.upper.get(".")&hideBelow != 0 {
 		return
 	}
 	// From the top down: an upper whiteout or non-directory at d removes d
@@ -842,7 +842,7 @@ func (f *flattener) needParents(ls *layerState, name string, mtime time.Time) {
 		}
 		d := name[:i+j]
 		i += j + 1
-		sh := f.upper[d]
+		sh := f.upper.get(d)
 		if sh&hideSelf != 0 && sh&hideBelow != 0 {
 			return
 		}
@@ -1003,11 +1003,11 @@ func (f *flattener) unkeep(p string) {
 // buried reports whether an upper layer hides everything under an ancestor
 // of p.
 func (f *flattener) buried(p string) bool {
-	if f.upper["."]&hideBelow != 0 {
+	if f.upper.get(".")&hideBelow != 0 {
 		return true
 	}
 	for i := strings.LastIndexByte(p, '/'); i > 0; i = strings.LastIndexByte(p[:i], '/') {
-		if f.upper[p[:i]]&hideBelow != 0 {
+		if f.upper.get(p[:i])&hideBelow != 0 {
 			return true
 		}
 	}

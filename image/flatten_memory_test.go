@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -53,6 +54,12 @@ func manyFilesLayer(n int) flattenLayer {
 // Run it alone (-run TestFlattenManyFilesMemory -count=1), so that peak RSS
 // is flatten's.
 func TestFlattenManyFilesMemory(t *testing.T) {
+	n := manyFilesFromEnv(t)
+	measureManyFiles(t, n, []flattenLayer{manyFilesLayer(n)})
+}
+
+func manyFilesFromEnv(t *testing.T) int {
+	t.Helper()
 	env := os.Getenv("BANGER_FLATTEN_FILES")
 	if env == "" {
 		t.Skip("BANGER_FLATTEN_FILES unset: set it to a number of files, such as 1000000, to measure")
@@ -61,8 +68,13 @@ func TestFlattenManyFilesMemory(t *testing.T) {
 	if err != nil || n <= 0 {
 		t.Fatalf("BANGER_FLATTEN_FILES=%q: want a number of files above 0", env)
 	}
+	return n
+}
+
+func measureManyFiles(t *testing.T, n int, layers []flattenLayer) {
+	t.Helper()
 	start := time.Now()
-	if err := flatten(t.Context(), discardOutput{}, []flattenLayer{manyFilesLayer(n)}, t.TempDir()); err != nil {
+	if err := flatten(t.Context(), discardOutput{}, layers, t.TempDir()); err != nil {
 		t.Fatalf("flatten: got error %v, want nil", err)
 	}
 	elapsed := time.Since(start)
@@ -95,4 +107,42 @@ func BenchmarkFlattenManyFiles(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/entry")
+}
+
+// TestFlattenUpperIndex fills an upperIndex past several chunks and table
+// growths and reads every name back.
+func TestFlattenUpperIndex(t *testing.T) {
+	u := newUpperIndex()
+	const n = 200_000
+	name := func(i int) string { return fmt.Sprintf("d%03d/%s%d", i%1000, strings.Repeat("n", i%50), i) }
+	for i := range n {
+		u.add(name(i), shadow(1<<(i%3)))
+		if i%2 == 0 {
+			u.add(name(i), hideNonDir) // adds to what is there
+		}
+	}
+	for i := range n {
+		want := shadow(1 << (i % 3))
+		if i%2 == 0 {
+			want |= hideNonDir
+		}
+		if got := u.get(name(i)); got != want {
+			t.Fatalf("get(%q) = %v, want %v", name(i), got, want)
+		}
+	}
+	if got := u.get("d000/missing"); got != 0 {
+		t.Errorf("get(%q) = %v, want 0", "d000/missing", got)
+	}
+	if u.used != n || len(u.chunks) < 2 {
+		t.Errorf("index: got %d names in %d chunks, want %d in several", u.used, len(u.chunks), n)
+	}
+}
+
+// TestFlattenManyFilesOverBaseMemory is TestFlattenManyFilesMemory with the
+// files in a layer over a small base, so that their names go to the index
+// of upper layers.
+func TestFlattenManyFilesOverBaseMemory(t *testing.T) {
+	n := manyFilesFromEnv(t)
+	base := memLayer(tarBytes(t, []ent{tDir("etc"), tReg("etc/hostname", "h"), tDir("files"), tReg("files/d0000/f000", "lower")}))
+	measureManyFiles(t, n, []flattenLayer{base, manyFilesLayer(n)})
 }
