@@ -103,9 +103,10 @@ type flattenOutput interface {
 // (flatten_index.go). What does grow with the entries: its directories,
 // symlinks and hardlinks and the entries they link to (a few hundred bytes
 // each), the index of the layers read so far, which lower layers consult
-// (a map entry per name of every layer but the base), and the tree of names
-// when parents must be resolved (flatten_resolve.go). One layer of 2,000,000
-// empty files flattens in about 35 MiB.
+// (flatten_upper.go: the name and 10 to 20 bytes per name of every layer
+// but the base), and the tree of names when parents must be resolved
+// (flatten_resolve.go). One layer of 2,000,000 empty files flattens in
+// about 36 MiB of peak RSS; over a small base layer, in about 124 MiB.
 //
 // Each layer is opened once, and once more, before, if some upper layer has
 // an entry whose parents it does not declare as directories itself; a start
