@@ -3,8 +3,10 @@ package image
 import (
 	"archive/tar"
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"runtime"
 	"strconv"
@@ -145,4 +147,54 @@ func TestFlattenManyFilesOverBaseMemory(t *testing.T) {
 	n := manyFilesFromEnv(t)
 	base := memLayer(tarBytes(t, []ent{tDir("etc"), tReg("etc/hostname", "h"), tDir("files"), tReg("files/d0000/f000", "lower")}))
 	measureManyFiles(t, n, []flattenLayer{base, manyFilesLayer(n)})
+}
+
+// TestFlattenColdIndexSpills flattens a layer whose cold index writes its
+// file, with hardlinks to early entries and duplicate names at its end, over
+// a layer with the same names, and compares the output with that of
+// keeping every entry in memory.
+func TestFlattenColdIndexSpills(t *testing.T) {
+	const n = 20_000
+	long := strings.Repeat("n", 200) // records of about 250 bytes fill the buckets' buffers
+	name := func(i int) string { return fmt.Sprintf("d%02d/%s%05d", i%20, long, i) }
+	var lower, upper []ent
+	for d := range 20 {
+		lower = append(lower, tDir(fmt.Sprintf("d%02d", d)))
+		upper = append(upper, tDir(fmt.Sprintf("d%02d", d)))
+	}
+	for i := range n {
+		if i%3 == 0 {
+			lower = append(lower, tReg(name(i), "lower"))
+		}
+		upper = append(upper, tReg(name(i), fmt.Sprint(i)))
+	}
+	for i := 0; i < n; i += 97 {
+		upper = append(upper, tLink(name(i)+".link", name(i)), tReg(name(i+1), "again"))
+	}
+	upper = append(upper, tWh(name(5)))
+	layers := memLayers(t, [][]ent{lower, upper})
+	hot, err := runFlattenOnce(t, layers, math.MaxInt)
+	if err != nil {
+		t.Fatalf("flatten with every entry in memory: got error %v, want nil", err)
+	}
+	cold, err := runFlattenOnce(t, layers, 0)
+	if err != nil {
+		t.Fatalf("flatten with every plain entry in the cold index: got error %v, want nil", err)
+	}
+	if !bytes.Equal(cold, hot) {
+		t.Errorf("flatten with every plain entry in the cold index: got %d bytes of output, want the same %d bytes as with every entry in memory", len(cold), len(hot))
+	}
+	out := readOutput(t, cold)
+	if e := findEntry(t, out, name(97)+".link"); e.hdr.Typeflag != tar.TypeLink || e.hdr.Linkname != name(97) {
+		t.Errorf("%s.link: got type %q to %q, want a hardlink to %s", name(97), e.hdr.Typeflag, e.hdr.Linkname, name(97))
+	}
+	var links int
+	for _, e := range out {
+		if e.hdr.Typeflag == tar.TypeLink {
+			links++
+		}
+	}
+	if want := (n + 96) / 97; links != want {
+		t.Errorf("hardlinks in the output: got %d, want %d", links, want)
+	}
 }
