@@ -154,9 +154,13 @@ func flattenCold(ctx context.Context, out flattenOutput, layers []flattenLayer, 
 func (f *flattener) run(ctx context.Context) error {
 	layers := f.layers
 	for i := len(layers) - 1; i >= 0; i-- {
-		if err := f.readLayer(ctx, i, layers[i]); err != nil {
+		err := f.readLayer(ctx, i, layers[i])
+		if err != nil && (len(f.found) == 0 || ctx.Err() != nil) {
 			return err
 		}
+		// Once a pass has found a replacement it only looks for more, and
+		// an error may come of the entries it keeps that it should not
+		// (flatten_replace.go): the next layer goes on looking.
 	}
 	if len(f.found) > 0 {
 		return nil // the output is rewound
@@ -669,10 +673,11 @@ func (f *flattener) entry(ctx context.Context, ls *layerState, idx int, tr *tar.
 		// Below a buried ancestor everything lower is hidden already, so
 		// marks there would change nothing.
 		m = ls.marks[name]
-		if visible && !isDir && m&markParent != 0 {
-			// umoci deletes the entries unpacked under it, but they are
-			// written already, and tar -x cannot replace a non-empty
-			// directory by a file: the next pass leaves them out.
+		if !isDir && m&markParent != 0 {
+			// umoci deletes the entries unpacked under it, whether or not
+			// an upper layer hides this one, but they may be written
+			// already, and tar -x cannot replace a non-empty directory by
+			// a file: the next pass leaves them out.
 			f.found = append(f.found, dirReplacement{layer: ls.idx, dir: name, entry: idx})
 		}
 		switch {

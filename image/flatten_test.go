@@ -1119,6 +1119,26 @@ func TestFlatten(t *testing.T) {
 			allowDup: true,
 		},
 		{
+			name: "file replacing a filled directory under an upper directory of that name",
+			layers: [][]ent{
+				{tDir("x"), tReg("x/a", "a"), tReg("x", "file")},
+				{tDir("x"), tReg("x/b", "b")},
+			},
+			want:     map[string]node{"x": nDir(), "x/b": nFile("b")},
+			allowDup: true,
+		},
+		{
+			// The first pass replays the layer with x/a still under x when
+			// u/v makes it resolve, and fails there; the second finds y.
+			name: "replaced directories before and after resolving starts, in two layers",
+			layers: [][]ent{
+				{tDir("p"), tReg("p/a", "a"), tReg("p", "file"), tReg("q/v", "v"), tDir("r"), tReg("r/b", "b"), tReg("r", "file")},
+				{tDir("x"), tReg("x/a", "a"), tReg("x", "file"), tReg("u/v", "v"), tDir("y"), tReg("y/b", "b"), tReg("y", "file")},
+			},
+			want:     map[string]node{"p": nFile("file"), "q": nImplicit(), "q/v": nFile("v"), "r": nFile("file"), "x": nFile("file"), "u": nImplicit(), "u/v": nFile("v"), "y": nFile("file")},
+			allowDup: true,
+		},
+		{
 			name: "entry under a directory after its replacement",
 			layers: [][]ent{
 				{tDir("x"), tReg("x/a", "a"), tReg("x", "file"), tReg("x/b", "b")},
