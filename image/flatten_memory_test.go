@@ -135,7 +135,7 @@ func TestFlattenUpperIndex(t *testing.T) {
 	if got := u.get("d000/missing"); got != 0 {
 		t.Errorf("get(%q) = %v, want 0", "d000/missing", got)
 	}
-	if u.used != n || len(u.chunks) < 2 {
+	if u.small != nil || u.used != n || len(u.chunks) < 2 {
 		t.Errorf("index: got %d names in %d chunks, want %d in several", u.used, len(u.chunks), n)
 	}
 }

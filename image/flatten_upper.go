@@ -15,7 +15,10 @@ import (
 // name's hash, and where the name starts), with no pointers for the garbage
 // collector to follow. That is about 8 to 16 bytes of table and the name
 // plus two of chunk per entry, where a map[string]shadow took about 80.
+// A map stays faster for the first upperCompactAfter names, which is all
+// most images have, so the index starts as one.
 type upperIndex struct {
+	small map[string]shadow // until it holds upperCompactAfter names; then nil
 	seed  maphash.Seed
 	slots []uint64 // hash>>32<<32 | ref; 0 is empty
 	used  int
@@ -24,10 +27,13 @@ type upperIndex struct {
 	chunks [][]byte
 }
 
-const upperChunkBits = 20 // 1 MiB; a name is at most maxPathLen bytes
+const (
+	upperChunkBits    = 20 // 1 MiB; a name is at most maxPathLen bytes
+	upperCompactAfter = 1 << 16
+)
 
 func newUpperIndex() *upperIndex {
-	return &upperIndex{seed: maphash.MakeSeed()}
+	return &upperIndex{small: make(map[string]shadow), seed: maphash.MakeSeed()}
 }
 
 // find returns the slot of name, or of the empty slot where it would go.
@@ -60,6 +66,9 @@ func (u *upperIndex) name(s uint64) []byte {
 
 // get returns the shadow on name.
 func (u *upperIndex) get(name string) shadow {
+	if u.small != nil {
+		return u.small[name]
+	}
 	if u.used == 0 {
 		return 0
 	}
@@ -72,6 +81,17 @@ func (u *upperIndex) get(name string) shadow {
 
 // add casts sh on name too.
 func (u *upperIndex) add(name string, sh shadow) {
+	if u.small != nil {
+		if len(u.small) < upperCompactAfter {
+			u.small[name] |= sh
+			return
+		}
+		small := u.small
+		u.small = nil
+		for n, s := range small {
+			u.add(n, s)
+		}
+	}
 	if (u.used+1)*4 > len(u.slots)*3 {
 		u.grow()
 	}
