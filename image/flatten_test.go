@@ -876,6 +876,32 @@ func TestFlatten(t *testing.T) {
 			},
 		},
 		{
+			// With every plain entry in the cold index (runFlatten), the
+			// link reads its target back: large xattrs make a record of
+			// its own chunk, and the hidden target's content is spooled.
+			name: "hardlink to a hidden file with large xattrs keeps them",
+			layers: [][]ent{
+				{func() ent {
+					e := tReg("big", "data")
+					e.hdr.PAXRecords = map[string]string{"SCHILY.xattr.user.big": strings.Repeat("x", 3000)}
+					e.hdr.Uid, e.hdr.Gid, e.hdr.Uname, e.hdr.Gname = 1000, 1001, "user", "group"
+					e.hdr.ModTime, e.hdr.Format = nanoTime, tar.FormatPAX
+					return e
+				}(), tLink("l1", "big")},
+				{tWh("big")},
+			},
+			want: map[string]node{"l1": nFile("data")},
+			check: func(t *testing.T, out []outEntry) {
+				e := findEntry(t, out, "l1")
+				if got := e.hdr.PAXRecords["SCHILY.xattr.user.big"]; got != strings.Repeat("x", 3000) {
+					t.Errorf("xattr user.big: got %d bytes, want 3000", len(got))
+				}
+				if e.hdr.Uid != 1000 || e.hdr.Gname != "group" || !e.hdr.ModTime.Equal(nanoTime) {
+					t.Errorf("l1: got uid %d, group %q, mtime %v; want 1000, group, %v", e.hdr.Uid, e.hdr.Gname, e.hdr.ModTime, nanoTime)
+				}
+			},
+		},
+		{
 			name: "GNU long name input",
 			layers: [][]ent{
 				{func() ent {
