@@ -17,14 +17,23 @@ package image
 // marks, no implicit parents, but their content is kept (spooled) for the
 // hardlinks of the layer that name them.
 //
+// Whether the replacing entry is visible does not matter: umoci removes
+// what was under D when it unpacks the layer, even if an upper layer then
+// puts its own D there.
+//
 // It terminates: a recorded replacement is never found again, as the
 // entries under D before it, which made it one, are hidden in later passes;
 // so each further pass records at least one replacement the earlier ones did
-// not, and there are only so many entries. One pass normally finds them
-// all: the entries it wrongly keeps only change what lies under each D,
-// which the replacement hides from the layers below anyway. The passes are
-// still capped (maxFlattenAttempts) so that no image makes flatten read its
-// layers over and over.
+// not, and there are only so many entries. Two passes find them all, so the
+// third writes the image. Finding one needs only the layer's own entries
+// before it (their resolved names, and whether an upper layer buries them,
+// in which case nothing under D was written), and the entries a pass keeps
+// that it should not change neither: they only add marks under each D and
+// on D itself. They can make the pass fail where resolving starts later in
+// the layer (the replayed layer has entries under a D that is no longer a
+// directory); the pass then goes on with the next layer, and the next pass,
+// which replays the layer right, finds the rest of it. The cap
+// (maxFlattenAttempts) holds that.
 
 import "strings"
 

@@ -364,15 +364,35 @@ func (s *simTree) replay(ls *layerState) error {
 			return err
 		}
 	}
-	names := make([]string, 0, len(ls.entries))
+	// Plain entries of the cold index count unless a later entry of the
+	// same name is in memory; their types are all replay needs.
+	var coldTypes map[string]byte
+	if ls.cold != nil {
+		coldTypes = make(map[string]byte)
+		err := ls.cold.each(func(r coldRecord) error {
+			if _, ok := ls.entries[string(r.name)]; !ok {
+				coldTypes[string(r.name)] = r.typ
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	names := make([]string, 0, len(ls.entries)+len(coldTypes))
 	for n := range ls.entries {
+		names = append(names, n)
+	}
+	for n := range coldTypes {
 		names = append(names, n)
 	}
 	slices.Sort(names)
 	for _, n := range names {
-		e := ls.entries[n]
+		e, hot := ls.entries[n]
 		typ, symTarget, link := byte(tar.TypeDir), "", ""
 		switch {
+		case !hot:
+			typ = coldTypes[n]
 		case e.ino == nil:
 		case e.ino.hdr == nil:
 			typ, link = tar.TypeLink, e.ino.target

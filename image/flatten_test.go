@@ -133,12 +133,28 @@ func memLayers(t testing.TB, layers [][]ent) []flattenLayer {
 }
 
 // runFlatten flattens layers with a fresh spool directory and checks that
-// flatten leaves nothing behind in it, whether it fails or not.
+// flatten leaves nothing behind in it, whether it fails or not. The layers
+// are flattened a second time with every plain entry in the cold index
+// (flatten_index.go), which must change nothing, byte for byte.
 func runFlatten(t *testing.T, layers []flattenLayer) ([]byte, error) {
+	t.Helper()
+	b, err := runFlattenOnce(t, layers, coldAfter)
+	cb, cerr := runFlattenOnce(t, layers, 0)
+	if fmt.Sprint(cerr) != fmt.Sprint(err) {
+		t.Errorf("flatten with every plain entry in the cold index: got error %v, want %v", cerr, err)
+	} else if !bytes.Equal(cb, b) {
+		t.Errorf("flatten with every plain entry in the cold index: got %d bytes of output, want the same %d bytes", len(cb), len(b))
+	}
+	return b, err
+}
+
+// runFlattenOnce is runFlatten for layers whose streams can be read only
+// once, with the given cold index threshold.
+func runFlattenOnce(t *testing.T, layers []flattenLayer, coldAfter int) ([]byte, error) {
 	t.Helper()
 	spool := t.TempDir()
 	out := &bufferOutput{}
-	err := flatten(context.Background(), out, layers, spool)
+	err := flattenCold(context.Background(), out, layers, spool, coldAfter)
 	left, rerr := os.ReadDir(spool)
 	if rerr != nil {
 		t.Fatalf("reading spool dir: %v", rerr)
@@ -860,6 +876,32 @@ func TestFlatten(t *testing.T) {
 			},
 		},
 		{
+			// With every plain entry in the cold index (runFlatten), the
+			// link reads its target back: large xattrs make a record of
+			// its own chunk, and the hidden target's content is spooled.
+			name: "hardlink to a hidden file with large xattrs keeps them",
+			layers: [][]ent{
+				{func() ent {
+					e := tReg("big", "data")
+					e.hdr.PAXRecords = map[string]string{"SCHILY.xattr.user.big": strings.Repeat("x", 3000)}
+					e.hdr.Uid, e.hdr.Gid, e.hdr.Uname, e.hdr.Gname = 1000, 1001, "user", "group"
+					e.hdr.ModTime, e.hdr.Format = nanoTime, tar.FormatPAX
+					return e
+				}(), tLink("l1", "big")},
+				{tWh("big")},
+			},
+			want: map[string]node{"l1": nFile("data")},
+			check: func(t *testing.T, out []outEntry) {
+				e := findEntry(t, out, "l1")
+				if got := e.hdr.PAXRecords["SCHILY.xattr.user.big"]; got != strings.Repeat("x", 3000) {
+					t.Errorf("xattr user.big: got %d bytes, want 3000", len(got))
+				}
+				if e.hdr.Uid != 1000 || e.hdr.Gname != "group" || !e.hdr.ModTime.Equal(nanoTime) {
+					t.Errorf("l1: got uid %d, group %q, mtime %v; want 1000, group, %v", e.hdr.Uid, e.hdr.Gname, e.hdr.ModTime, nanoTime)
+				}
+			},
+		},
+		{
 			name: "GNU long name input",
 			layers: [][]ent{
 				{func() ent {
@@ -1100,6 +1142,26 @@ func TestFlatten(t *testing.T) {
 				{tDir("x"), tReg("x/a", "a"), tReg("x", "upper")},
 			},
 			want:     map[string]node{"x": nFile("upper"), "y": nFile("lower")},
+			allowDup: true,
+		},
+		{
+			name: "file replacing a filled directory under an upper directory of that name",
+			layers: [][]ent{
+				{tDir("x"), tReg("x/a", "a"), tReg("x", "file")},
+				{tDir("x"), tReg("x/b", "b")},
+			},
+			want:     map[string]node{"x": nDir(), "x/b": nFile("b")},
+			allowDup: true,
+		},
+		{
+			// The first pass replays the layer with x/a still under x when
+			// u/v makes it resolve, and fails there; the second finds y.
+			name: "replaced directories before and after resolving starts, in two layers",
+			layers: [][]ent{
+				{tDir("p"), tReg("p/a", "a"), tReg("p", "file"), tReg("q/v", "v"), tDir("r"), tReg("r/b", "b"), tReg("r", "file")},
+				{tDir("x"), tReg("x/a", "a"), tReg("x", "file"), tReg("u/v", "v"), tDir("y"), tReg("y/b", "b"), tReg("y", "file")},
+			},
+			want:     map[string]node{"p": nFile("file"), "q": nImplicit(), "q/v": nFile("v"), "r": nFile("file"), "x": nFile("file"), "u": nImplicit(), "u/v": nFile("v"), "y": nFile("file")},
 			allowDup: true,
 		},
 		{
@@ -1540,7 +1602,7 @@ func TestFlattenStreams(t *testing.T) {
 					return s, nil
 				}})
 			}
-			_, err := runFlatten(t, layers)
+			_, err := runFlattenOnce(t, layers, coldAfter)
 			if err == nil {
 				t.Fatalf("flatten: got nil error, want one containing %q", tt.wantErr)
 			}
@@ -1568,7 +1630,7 @@ func TestFlattenDrainsAndCloses(t *testing.T) {
 		streams = append(streams, s)
 		layers = append(layers, flattenLayer{open: func() (io.ReadCloser, error) { return s, nil }})
 	}
-	if _, err := runFlatten(t, layers); err != nil {
+	if _, err := runFlattenOnce(t, layers, coldAfter); err != nil {
 		t.Fatalf("flatten: got error %v, want nil", err)
 	}
 	for i, s := range streams {
