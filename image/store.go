@@ -570,8 +570,10 @@ func (s *Store) readIndex() (index, error) {
 
 // writeIndex replaces names.json: a temp file, synced, renamed over it, and
 // the directory synced, so that a crash leaves the old index or the new.
-// The caller holds the lock.
+// The caller holds the lock. A crash before the rename leaves the temp
+// file, which the next writer removes first.
 func (s *Store) writeIndex(idx index) error {
+	s.removeTempFiles()
 	tmp := filepath.Join(s.dir, tmpPrefix+namesName+"-"+randomSuffix())
 	if err := writeJSONFile(tmp, idx); err != nil {
 		os.Remove(tmp)

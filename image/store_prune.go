@@ -318,6 +318,13 @@ func (s *Store) sweepLeftovers(ctx context.Context) int64 {
 		return n
 	}
 	n += s.orphans(idx, true)
+	return n + s.removeTempFiles()
+}
+
+// removeTempFiles removes the names.json and VERSION temp files and
+// returns their bytes. The caller holds the lock, as every writer of those
+// files does: any found was left by a writer that died.
+func (s *Store) removeTempFiles() (n int64) {
 	entries, _ := os.ReadDir(s.dir)
 	for _, e := range entries {
 		if e.Type().IsRegular() && strings.HasPrefix(e.Name(), tmpPrefix) {

@@ -418,6 +418,26 @@ func TestStoreRemoveAbandoned(t *testing.T) {
 	}
 }
 
+// TestStoreIndexTempLeftover: a writer of names.json or VERSION killed
+// before its rename leaves its temp file; the next pull, which takes the
+// lock to write names.json, removes it, and the index it writes is whole.
+func TestStoreIndexTempLeftover(t *testing.T) {
+	s := NewStore(filepath.Join(t.TempDir(), "images"))
+	addImage(t, s, "a:1", "a", t0)
+	for _, name := range []string{tmpPrefix + namesName + "-dead", tmpPrefix + versionName + "-dead"} {
+		if err := os.WriteFile(filepath.Join(s.dir, name), []byte(`{"names":`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addImage(t, s, "b:1", "b", t0)
+	wantDirs := []string{sha256Hex([]byte("config:a")), sha256Hex([]byte("config:b"))}
+	slices.Sort(wantDirs)
+	if dirs := imageDirs(t, s.dir); !slices.Equal(dirs, wantDirs) {
+		t.Errorf("store after a pull = %q, want only the images %q", dirs, wantDirs)
+	}
+	checkStore(t, s, map[string]string{"a:1": "a", "b:1": "b"}, "after a pull")
+}
+
 func TestStoreRootfsAbsolute(t *testing.T) {
 	tests := []struct {
 		name string
