@@ -304,8 +304,8 @@ func (s *Store) pruneOne(ctx context.Context, u ImageUsage) (bool, error) {
 }
 
 // sweepLeftovers removes crash leftovers and returns their bytes: temp
-// directories whose owner died, half-removed images, unnamed images and
-// names.json temp files, the last two under the lock.
+// directories whose owner died, half-removed images and, under the lock,
+// unnamed images (taking the lock removes names.json temp files).
 func (s *Store) sweepLeftovers(ctx context.Context) int64 {
 	n := s.abandoned(true)
 	unlock, err := s.lock(ctx)
@@ -317,22 +317,5 @@ func (s *Store) sweepLeftovers(ctx context.Context) int64 {
 	if err != nil {
 		return n
 	}
-	n += s.orphans(idx, true)
-	return n + s.removeTempFiles()
-}
-
-// removeTempFiles removes the names.json and VERSION temp files and
-// returns their bytes. The caller holds the lock, as every writer of those
-// files does: any found was left by a writer that died.
-func (s *Store) removeTempFiles() (n int64) {
-	entries, _ := os.ReadDir(s.dir)
-	for _, e := range entries {
-		if e.Type().IsRegular() && strings.HasPrefix(e.Name(), tmpPrefix) {
-			if info, err := e.Info(); err == nil {
-				n += info.Size()
-			}
-			os.Remove(filepath.Join(s.dir, e.Name()))
-		}
-	}
-	return n
+	return n + s.orphans(idx, true)
 }
