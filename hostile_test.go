@@ -1072,7 +1072,10 @@ func TestHostileArchive(t *testing.T) {
 
 // TestManyLayers: an image of 2,000 layers pulls under a limit of 1,024
 // open files, and a failed pull of one leaves no images/.tmp-* behind.
+// Each pull of it waits on thousands of fsyncs and lock polls, so it runs
+// beside the other parallel tests.
 func TestManyLayers(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("skipped in -short mode")
 	}
