@@ -259,6 +259,7 @@ func layerDigests(t *testing.T, ref string) []string {
 // TestFleetMirror pulls through a Distribution pull-through cache named by
 // a registries.conf drop-in, then with the mirror stopped (issue 14 §1).
 func TestFleetMirror(t *testing.T) {
+	t.Parallel()
 	upstream := startDistribution(t)
 	mirror := runDistribution(t, distributionConfig{proxyOf: upstream})
 	e := newFleetEnv(t)
@@ -320,6 +321,7 @@ location = %q
 // TestFleetMirrorLacksImage passes over a mirror that does not have the
 // image (404), and one that answers 503, to the primary (issue 14 §1).
 func TestFleetMirrorLacksImage(t *testing.T) {
+	t.Parallel()
 	upstream := startDistribution(t)
 	empty := startRegistry(t) // has the test images, but not under fleet/
 	unavailable := newStatusServer(t, http.StatusServiceUnavailable)
@@ -354,6 +356,7 @@ func newStatusServer(t *testing.T, code int) string {
 // TestFleetBlockedAndRewritten checks blocked = true and location rewrites
 // (issue 14 §1).
 func TestFleetBlockedAndRewritten(t *testing.T) {
+	t.Parallel()
 	upstream := startDistribution(t)
 	e := newFleetEnv(t)
 	conf := e.write("r.conf", fmt.Sprintf(`
@@ -456,6 +459,7 @@ func pushOne(t *testing.T, host string, opts ...remote.Option) {
 // refused without it, trusted through --cert-dir or a certs.d directory,
 // or with verification off (issue 14 §2).
 func TestFleetPrivateCA(t *testing.T) {
+	t.Parallel()
 	ca := newTestCA(t)
 	reg := runDistribution(t, distributionConfig{certFile: ca.certFile, keyFile: ca.keyFile})
 	pool := x509.NewCertPool()
@@ -494,6 +498,7 @@ func TestFleetPrivateCA(t *testing.T) {
 // TestFleetCredentials pulls from a Distribution that requires basic auth,
 // with credentials from each file skopeo reads, in its order (issue 14 §2).
 func TestFleetCredentials(t *testing.T) {
+	t.Parallel()
 	wd, _ := os.Getwd()
 	reg := runDistribution(t, distributionConfig{htpasswd: filepath.Join(wd, "testdata/fleet/htpasswd")})
 	pushOne(t, reg.host, remote.WithAuth(&authn.Basic{Username: "fleet", Password: "s3cret"}))
@@ -576,6 +581,7 @@ func TestFleetCredentials(t *testing.T) {
 // and its runner commands run against both; then the mirror is stopped and
 // the pull falls back as the page says (issue 14 §5).
 func TestFleetDocs(t *testing.T) {
+	t.Parallel()
 	doc, err := os.ReadFile(filepath.Join("docs", "fleet.md"))
 	if err != nil {
 		t.Fatal(err)
@@ -674,6 +680,7 @@ func TestFleetDocs(t *testing.T) {
 // TestFleetMirrorLacksBlob passes over a mirror that serves the manifest
 // but not the config or the layers, blob by blob (issue 14 §1).
 func TestFleetMirrorLacksBlob(t *testing.T) {
+	t.Parallel()
 	upstream := startRegistry(t)
 	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	var blobGets atomic.Int32
@@ -726,6 +733,7 @@ func fakeRegistry(t *testing.T, wrap func(inner http.Handler) http.Handler) stri
 // registries do: the pull works, and the credentials go to the registry
 // only (issue 14 §3).
 func TestFleetRedirectWithoutCredentials(t *testing.T) {
+	t.Parallel()
 	var leaked, served atomic.Int32
 	var inner http.Handler
 	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -764,6 +772,7 @@ func TestFleetRedirectWithoutCredentials(t *testing.T) {
 // TestFleetRetryAfter pulls from a registry that answers the manifest and
 // each blob with 429 or 503 and Retry-After once (issue 14 §3).
 func TestFleetRetryAfter(t *testing.T) {
+	t.Parallel()
 	var mu sync.Mutex
 	seen := map[string]bool{}
 	var throttled atomic.Int32
@@ -817,6 +826,7 @@ func TestFleetRetryAfter(t *testing.T) {
 // tokens expire after two requests: banger fetches a new one mid-pull
 // (issue 14 §3).
 func TestFleetTokenRenewal(t *testing.T) {
+	t.Parallel()
 	var mu sync.Mutex
 	uses := map[string]int{}
 	var issued atomic.Int32
@@ -940,6 +950,7 @@ func tarDir(t *testing.T, dir, dst string) {
 // and docker-archive:- from standard input, and refuses the transports
 // banger does not read with one line (issue 14 §4).
 func TestFleetTransports(t *testing.T) {
+	t.Parallel()
 	e := newFleetEnv(t)
 	tmp := filepath.Join(e.dir, "tmp")
 	os.MkdirAll(tmp, 0o755)

@@ -100,8 +100,9 @@ func TestFilesystemFaults(t *testing.T) {
 func TestPermissions(t *testing.T) {
 	host := startRegistry(t)
 	e := newBangerEnv(t, host)
-	// The umask is the process's: safe only because neither this test nor
-	// any other in the package calls t.Parallel.
+	// The umask is the process's: safe because this test does not call
+	// t.Parallel, so no other test runs beside it (parallel tests start
+	// once every sequential one is done).
 	old := syscall.Umask(0o022)
 	defer syscall.Umask(old)
 	e.run("image", "pull", "-q", host+"/app:1")

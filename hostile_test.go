@@ -147,6 +147,7 @@ func pushHostileImages(t *testing.T, host string) {
 // TestHostileInput: each bad input gives one clear stderr line, a
 // documented exit code, and loses nothing from the cache or image store.
 func TestHostileInput(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("skipped in -short mode")
 	}
@@ -566,6 +567,7 @@ func checkHostile(t *testing.T, e *bangerEnv, prefix []string, keepBlobs bool, a
 // must report, so that they wait 2 s, not the default 30, and with a 1 ms
 // retry backoff, so that a retried blob costs no waiting.
 func TestHostileRegistry(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("skipped in -short mode")
 	}
@@ -935,6 +937,7 @@ func (hl *hostileLayout) rewriteIndex(t *testing.T, edit func(idx map[string]any
 // at once (a FIFO is never opened for a blocking read), and leaves nothing
 // behind, within bounded memory.
 func TestHostileLayout(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("skipped in -short mode")
 	}
@@ -1032,6 +1035,7 @@ func TestHostileLayout(t *testing.T) {
 // TestHostileArchive: a docker-archive that is a FIFO or a device is
 // refused at once, not opened for a read that blocks or never ends.
 func TestHostileArchive(t *testing.T) {
+	t.Parallel()
 	fifo := filepath.Join(t.TempDir(), "image.tar")
 	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
 		t.Fatal(err)
@@ -1068,7 +1072,10 @@ func TestHostileArchive(t *testing.T) {
 
 // TestManyLayers: an image of 2,000 layers pulls under a limit of 1,024
 // open files, and a failed pull of one leaves no images/.tmp-* behind.
+// Each pull of it waits on thousands of fsyncs and lock polls, so it runs
+// beside the other parallel tests.
 func TestManyLayers(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("skipped in -short mode")
 	}

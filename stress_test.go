@@ -573,8 +573,9 @@ func TestSharedHost(t *testing.T) {
 	}
 	// The usual umask, so that banger's own modes, not a strict umask, are
 	// what keeps the other user out. The umask is process-wide (the banger
-	// children inherit it): safe because no test in this package runs in
-	// parallel.
+	// children inherit it): safe because this test does not call
+	// t.Parallel, so no other test runs beside it (parallel tests start
+	// once every sequential one is done).
 	old := syscall.Umask(0o022)
 	defer syscall.Umask(old)
 

@@ -234,13 +234,29 @@ func NewStore(dir string, opts ...StoreOptions) *Store {
 // Dir is the store's directory.
 func (s *Store) Dir() string { return s.dir }
 
-// lock takes the store lock with the wait policy in s.opts.
+// lock takes the store lock with the wait policy in s.opts. Holding it, it
+// removes the names.json and VERSION temp files of a writer that died
+// before its rename: every taker of the lock, a pull found up to date
+// included, leaves none behind.
 func (s *Store) lock(ctx context.Context) (unlock func(), err error) {
 	unlock, err = cache.LockFile(ctx, filepath.Join(s.dir, lockName), cache.Options{Wait: s.opts.Wait, NoWait: s.opts.NoWait, Notice: s.opts.Notice})
 	if err != nil {
 		return nil, fmt.Errorf("locking image store: %w", err)
 	}
+	s.removeTempFiles()
 	return unlock, nil
+}
+
+// removeTempFiles removes the names.json and VERSION temp files. The
+// caller holds the lock, as every writer of those files does: any found
+// was left by a writer that died.
+func (s *Store) removeTempFiles() {
+	entries, _ := os.ReadDir(s.dir)
+	for _, e := range entries {
+		if e.Type().IsRegular() && strings.HasPrefix(e.Name(), tmpPrefix) {
+			os.Remove(filepath.Join(s.dir, e.Name()))
+		}
+	}
 }
 
 // create makes the store directory and brings its format up to date. Every
@@ -570,7 +586,8 @@ func (s *Store) readIndex() (index, error) {
 
 // writeIndex replaces names.json: a temp file, synced, renamed over it, and
 // the directory synced, so that a crash leaves the old index or the new.
-// The caller holds the lock.
+// The caller holds the lock. A crash before the rename leaves the temp
+// file, which the next taker of the lock removes.
 func (s *Store) writeIndex(idx index) error {
 	tmp := filepath.Join(s.dir, tmpPrefix+namesName+"-"+randomSuffix())
 	if err := writeJSONFile(tmp, idx); err != nil {

@@ -304,8 +304,8 @@ func (s *Store) pruneOne(ctx context.Context, u ImageUsage) (bool, error) {
 }
 
 // sweepLeftovers removes crash leftovers and returns their bytes: temp
-// directories whose owner died, half-removed images, unnamed images and
-// names.json temp files, the last two under the lock.
+// directories whose owner died, half-removed images and, under the lock,
+// unnamed images (taking the lock removes names.json temp files).
 func (s *Store) sweepLeftovers(ctx context.Context) int64 {
 	n := s.abandoned(true)
 	unlock, err := s.lock(ctx)
@@ -317,15 +317,5 @@ func (s *Store) sweepLeftovers(ctx context.Context) int64 {
 	if err != nil {
 		return n
 	}
-	n += s.orphans(idx, true)
-	entries, _ := os.ReadDir(s.dir)
-	for _, e := range entries {
-		if e.Type().IsRegular() && strings.HasPrefix(e.Name(), tmpPrefix) {
-			if info, err := e.Info(); err == nil {
-				n += info.Size()
-			}
-			os.Remove(filepath.Join(s.dir, e.Name()))
-		}
-	}
-	return n
+	return n + s.orphans(idx, true)
 }

@@ -418,6 +418,49 @@ func TestStoreRemoveAbandoned(t *testing.T) {
 	}
 }
 
+// TestStoreIndexTempLeftover: a writer of names.json or VERSION killed
+// before its rename leaves its temp file; the next taker of the store lock
+// removes it, a pull that adds an image as well as one found up to date,
+// and the index stays whole.
+func TestStoreIndexTempLeftover(t *testing.T) {
+	s := NewStore(filepath.Join(t.TempDir(), "images"))
+	if _, err := add(t.Context(), s, Image{Name: "a:1", ConfigDigest: configOf("a"), ManifestDigest: "sha256:aaaa"}, func(d string) error {
+		return os.WriteFile(filepath.Join(d, rootfsName), []byte("a"), 0o644)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	plant := func() {
+		for _, name := range []string{tmpPrefix + namesName + "-dead", tmpPrefix + versionName + "-dead"} {
+			if err := os.WriteFile(filepath.Join(s.dir, name), []byte(`{"names":`), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	wantDirs := func(bodies ...string) []string {
+		var dirs []string
+		for _, b := range bodies {
+			dirs = append(dirs, sha256Hex([]byte("config:"+b)))
+		}
+		slices.Sort(dirs)
+		return dirs
+	}
+
+	plant()
+	if _, ok, err := s.UpToDate(t.Context(), "a:1", "sha256:aaaa"); !ok || err != nil {
+		t.Fatalf("UpToDate(a:1) = %v, %v; want true", ok, err)
+	}
+	if dirs := imageDirs(t, s.dir); !slices.Equal(dirs, wantDirs("a")) {
+		t.Errorf("store after a pull found up to date = %q, want only %q", dirs, wantDirs("a"))
+	}
+
+	plant()
+	addImage(t, s, "b:1", "b", t0)
+	if dirs := imageDirs(t, s.dir); !slices.Equal(dirs, wantDirs("a", "b")) {
+		t.Errorf("store after a pull = %q, want only %q", dirs, wantDirs("a", "b"))
+	}
+	checkStore(t, s, map[string]string{"a:1": "a", "b:1": "b"}, "after a pull")
+}
+
 func TestStoreRootfsAbsolute(t *testing.T) {
 	tests := []struct {
 		name string
