@@ -114,6 +114,7 @@ func BenchmarkFlattenManyFiles(b *testing.B) {
 // TestFlattenUpperIndex fills an upperIndex past several chunks and table
 // growths and reads every name back.
 func TestFlattenUpperIndex(t *testing.T) {
+	t.Parallel()
 	u := newUpperIndex()
 	const n = 200_000
 	name := func(i int) string { return fmt.Sprintf("d%03d/%s%d", i%1000, strings.Repeat("n", i%50), i) }
@@ -154,8 +155,9 @@ func TestFlattenManyFilesOverBaseMemory(t *testing.T) {
 // a layer with the same names, and compares the output with that of
 // keeping every entry in memory.
 func TestFlattenColdIndexSpills(t *testing.T) {
-	const n = 20_000
-	long := strings.Repeat("n", 200) // records of about 250 bytes fill the buckets' buffers
+	t.Parallel()
+	const n = 14_000
+	long := strings.Repeat("n", 200) // records of about 250 bytes: about 3.4 per bucket, 4 fill its buffer, so many spill
 	name := func(i int) string { return fmt.Sprintf("d%02d/%s%05d", i%20, long, i) }
 	var lower, upper []ent
 	for d := range 20 {
