@@ -2339,10 +2339,12 @@ func TestFlattenResolvingStaysLinear(t *testing.T) {
 	if _, err := runFlatten(t, memLayers(t, [][]ent{{tDir("d"), tReg("d/lower", "l")}, ents})); err != nil {
 		t.Fatalf("flatten: got error %v, want nil", err)
 	}
-	// Quadratic work here is 10^9 steps and minutes; linear is well under
-	// a second even on a loaded machine.
-	if d := time.Since(start); d > 30*time.Second {
-		t.Errorf("flatten: took %v, want it linear in the entries (under 30s)", d)
+	// Quadratic work here is 10^9 steps: many minutes, and far more under
+	// the race detector. Linear takes about a second, 20 s under -race
+	// beside the other packages' tests on 2 cores; the bound only has to
+	// tell the two apart.
+	if d := time.Since(start); d > 3*time.Minute {
+		t.Errorf("flatten: took %v, want it linear in the entries (under 3m)", d)
 	}
 }
 
