@@ -509,7 +509,7 @@ Example:
 			&cli.StringFlag{Name: "registries-conf", Usage: "read registry mirrors, rewrites and blocks from `FILE` alone (default: $CONTAINERS_REGISTRIES_CONF, ~/.config/containers/registries.conf, /etc/containers/registries.conf, with registries.conf.d/*.conf)"},
 			&cli.StringFlag{Name: "authfile", Usage: "read registry credentials from `FILE` first (default: $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json; then ~/.config/containers/auth.json and Docker's config)"},
 			&cli.StringFlag{Name: "cert-dir", Usage: "use the *.crt CAs and *.cert/*.key client certificate in `DIR` for every registry (default: /etc/containers/certs.d/HOST, ~/.config/containers/certs.d/HOST, /etc/docker/certs.d/HOST)"},
-			&cli.IntFlag{Name: "jobs", Value: image.DefaultJobs, Usage: "fetch at most `N` blobs at once, top layer first; a layer over 4 MiB has the link to itself while it is flattened"},
+			&cli.IntFlag{Name: "jobs", Value: image.DefaultJobs, Usage: "fetch at most `N` blobs at once, top layer first; layers over 4 MiB one after another, as they are flattened"},
 			&cli.DurationFlag{Name: "timeout", Usage: "give up the pull after `DURATION` (exit 1); 0 means no limit"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the image name on stdout, and no progress on stderr (like docker pull -q)"},
 			jsonFlag(),

@@ -351,13 +351,6 @@ func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.F
 		c.removeStaleTemps(r)
 		return nil
 	})
-	if err == nil {
-		if err = b.Arrivals.begin(reader); err != nil {
-			tmp.Close()
-			reader.Close()
-			c.discard(context.WithoutCancel(ctx), tmpName, opened)
-		}
-	}
 	if err != nil {
 		return nil, &localError{fmt.Errorf("creating temp file for sha256:%s in cache %s: %w", hexDigest, c.dir, err)}
 	}
@@ -377,6 +370,9 @@ func (c *Cache) download(ctx context.Context, hexDigest string, b Blob) (_ *os.F
 			b.Progress(-read)
 		}
 	}()
+	if err = b.Arrivals.begin(reader); err != nil {
+		return nil, &localError{fmt.Errorf("following the download of sha256:%s: %w", hexDigest, err)}
+	}
 
 	var w io.Writer = tmp
 	if b.Arrivals != nil {
