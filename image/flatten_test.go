@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -2447,13 +2448,32 @@ func TestFlattenRewindsRootfs(t *testing.T) {
 }
 
 // writeRootfsTree runs layers through writeRootfs, whose layer streams are
-// gzip readers over one shared file per layer that every open rewinds, and
-// returns the tree tar -x makes of rootfs.tar and how often each layer was
-// opened.
+// gzip readers over a file per layer, and returns the tree tar -x makes of
+// rootfs.tar and how often each layer was opened.
 func writeRootfsTree(t *testing.T, layers [][]ent) (map[string]node, []int) {
 	t.Helper()
 	dir := t.TempDir()
-	var files []*os.File
+	names, diffIDs := gzipBlobFiles(t, layers)
+	blobs := &fileBlobs{names: names, opens: make([]int, len(names))}
+	if err := writeRootfs(t.Context(), dir, blobs, diffIDs); err != nil {
+		t.Fatalf("writeRootfs: got error %v, want nil", err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, rootfsName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkInvariants(t, readOutput(t, b), true)
+	tree, _ := walkTree(t, extract(t, b))
+	blobs.mu.Lock()
+	defer blobs.mu.Unlock()
+	return tree, blobs.opens
+}
+
+// gzipBlobFiles writes each layer as a gzip blob file and returns their
+// names and diff IDs.
+func gzipBlobFiles(t *testing.T, layers [][]ent) ([]string, []v1.Hash) {
+	t.Helper()
+	var names []string
 	var diffIDs []v1.Hash
 	for i, b := range tarBlobs(t, layers) {
 		sum := sha256.Sum256(b)
@@ -2470,29 +2490,28 @@ func writeRootfsTree(t *testing.T, layers [][]ent) (map[string]node, []int) {
 		if err := os.WriteFile(name, gz.Bytes(), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		f, err := os.Open(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { f.Close() })
-		files = append(files, f)
+		names = append(names, name)
 	}
-	opens := make([]int, len(files))
-	layer := func(_ context.Context, i int) (io.Reader, func(), error) {
-		opens[i]++
-		if _, err := files[i].Seek(0, io.SeekStart); err != nil {
-			return nil, nil, err
-		}
-		return files[i], func() {}, nil
-	}
-	if err := writeRootfs(t.Context(), dir, layer, diffIDs); err != nil {
-		t.Fatalf("writeRootfs: got error %v, want nil", err)
-	}
-	b, err := os.ReadFile(filepath.Join(dir, rootfsName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkInvariants(t, readOutput(t, b), true)
-	tree, _ := walkTree(t, extract(t, b))
-	return tree, opens
+	return names, diffIDs
 }
+
+// fileBlobs gives writeRootfs layer blobs from files, each open its own
+// descriptor, as the cache's are; it counts the opens.
+type fileBlobs struct {
+	names []string
+	mu    sync.Mutex
+	opens []int
+}
+
+func (b *fileBlobs) layer(_ context.Context, i int) (io.Reader, func(), error) {
+	b.mu.Lock()
+	b.opens[i]++
+	b.mu.Unlock()
+	f, err := os.Open(b.names[i])
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, func() { f.Close() }, nil
+}
+
+func (b *fileBlobs) reading(int) {}

@@ -222,7 +222,7 @@ func flattenInto(ctx context.Context, s *Store, meta *metadata, f *fetches) (Ima
 		return Image{}, err
 	}
 	defer stage.Abort()
-	if err := writeRootfs(ctx, stage.Dir(), f.layer, meta.diffIDs); err != nil {
+	if err := writeRootfs(ctx, stage.Dir(), f, meta.diffIDs); err != nil {
 		return Image{}, fmt.Errorf("pull %s: %w", meta.image.Reference, err)
 	}
 	return stage.Commit(ctx, meta.image)
@@ -386,24 +386,25 @@ type fetches struct {
 	cause     error
 	done      []chan struct{} // done[i] is closed when layer i is fetched or failed
 	wg        sync.WaitGroup
-	// followed[i] is set once the flattener read layer i while it
-	// downloaded; guarded by mu.
-	followed []bool
+	// read[i] is set once the flattener came for layer i (see reading);
+	// guarded by mu.
+	read []bool
 }
 
-// settle waits for the fetches of the layers the flattener read while they
-// downloaded, after a failed flatten, and reports whether flattening again
-// could succeed: they were all fetched, and one took more than one attempt,
-// so the flattener may have read a failed attempt's bytes. A flatten error
-// caused by a download that failed is then reported as that download's
-// failure (the pull's caller prefers the fetch error), as it would be had
-// flattening waited for verified blobs.
+// settle waits for the fetches of the layers the flattener read, after a
+// failed flatten, and reports whether flattening again could succeed: they
+// were all fetched, and one took more than one attempt, so the flattener
+// may have read a failed attempt's bytes while following its download. A
+// flatten error caused by a download that failed is then reported as that
+// download's failure (the pull's caller prefers the fetch error), as it
+// would be had flattening waited for verified blobs. Layers only read
+// ahead (inflate_ahead.go) do not count: their bytes reached no output.
 func (f *fetches) settle(ctx context.Context) bool {
 	f.mu.Lock()
-	followed := slices.Clone(f.followed)
+	read := slices.Clone(f.read)
 	f.mu.Unlock()
 	again := false
-	for i, ok := range followed {
+	for i, ok := range read {
 		if !ok {
 			continue
 		}
@@ -439,9 +440,6 @@ func (f *fetches) layer(ctx context.Context, i int) (io.Reader, func(), error) {
 		return nil, nil, ctx.Err()
 	}
 	if r, ok := f.arrivals[i].Follow(ctx); ok {
-		f.mu.Lock()
-		f.followed[i] = true
-		f.mu.Unlock()
 		return r, func() { r.Close() }, nil
 	}
 	select {
@@ -469,6 +467,13 @@ func (f *fetches) layer(ctx context.Context, i int) (io.Reader, func(), error) {
 		return nil, nil, err
 	}
 	return file, release, nil
+}
+
+// reading records that the flattener reads layer i, for settle.
+func (f *fetches) reading(i int) {
+	f.mu.Lock()
+	f.read[i] = true
+	f.mu.Unlock()
 }
 
 // keep holds layer i's freshly fetched blob open for the flattener, or
@@ -564,7 +569,7 @@ func fetchLayers(ctx context.Context, cancel context.CancelFunc, c *cache.Cache,
 		maxOpen:  2 * opts.Jobs,
 		errs:     make([]error, n),
 		done:     make([]chan struct{}, n),
-		followed: make([]bool, n),
+		read:     make([]bool, n),
 	}
 	for i := range n {
 		f.done[i] = make(chan struct{})
@@ -692,29 +697,29 @@ func retryable(err error) bool {
 	return true
 }
 
-// writeRootfs flattens the layers into dir/rootfs.tar; layer(ctx, i) waits
-// for layer i's blob and returns it with the function that closes it.
-func writeRootfs(ctx context.Context, dir string, layer func(context.Context, int) (io.Reader, func(), error), diffIDs []v1.Hash) error {
+// layerBlobs is where writeRootfs gets the layers' blobs.
+type layerBlobs interface {
+	// layer waits for layer i's blob and returns a reader of it from its
+	// first byte, with the function that closes it.
+	layer(ctx context.Context, i int) (io.Reader, func(), error)
+	// reading is told that the flattener comes for layer i: what it reads
+	// of a blob opened ahead of it counts from then on.
+	reading(i int)
+}
+
+// writeRootfs flattens the layers into dir/rootfs.tar.
+func writeRootfs(ctx context.Context, dir string, blobs layerBlobs, diffIDs []v1.Hash) error {
 	out, err := os.OpenFile(filepath.Join(dir, rootfsName), os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
 	if err != nil {
 		return err
 	}
 	defer out.Close()
 	w := newFileOutput(out)
+	ahead := newInflateAhead(ctx, dir, blobs, diffIDs)
+	defer ahead.close()
 	layers := make([]flattenLayer, len(diffIDs))
 	for i := range layers {
-		layers[i] = flattenLayer{open: func() (io.ReadCloser, error) {
-			f, release, err := layer(ctx, i)
-			if err != nil {
-				return nil, err
-			}
-			rc, err := uncompress(f, i, diffIDs[i])
-			if err != nil {
-				release()
-				return nil, err
-			}
-			return &releasingReader{ReadCloser: rc, release: release}, nil
-		}}
+		layers[i] = flattenLayer{open: func() (io.ReadCloser, error) { return ahead.open(i) }}
 	}
 	if err := flatten(ctx, w, layers, dir); err != nil {
 		return fmt.Errorf("flattening: %w", err)
@@ -731,8 +736,9 @@ func writeRootfs(ctx context.Context, dir string, layer func(context.Context, in
 // uncompress returns layer i's tar stream, whatever its compression,
 // checking at its end that it hashes to the config's diff ID. The format is
 // told by magic bytes rather than by media type, which registries and
-// archives do not always get right.
-func uncompress(r io.Reader, i int, diffID v1.Hash) (io.ReadCloser, error) {
+// archives do not always get right. With spill set, the stream is read
+// into it until its reader comes (see newSpill).
+func uncompress(r io.Reader, i int, diffID v1.Hash, spill *spill) (io.ReadCloser, error) {
 	br := bufio.NewReaderSize(r, 1<<20)
 	magic, _ := br.Peek(4)
 	var stream io.Reader = br
@@ -752,7 +758,7 @@ func uncompress(r io.Reader, i int, diffID v1.Hash) (io.ReadCloser, error) {
 		stream, closer = zr, zr.Close
 	}
 	h := sha256.New()
-	ra := newReadAhead(stream, h)
+	ra := startReadAhead(stream, h, spill)
 	return &diffIDReader{r: ra, h: h, want: diffID, layer: i, close: func() { ra.Close(); closer() }}, nil
 }
 

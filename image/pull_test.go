@@ -1070,8 +1070,8 @@ func TestPullPipelined(t *testing.T) {
 			var (
 				mu        sync.Mutex
 				order     []int
-				heldUntil = make(chan time.Duration, 1)
-				held      atomic.Bool // the bottom layer's GET arrived and is held
+				heldUntil = make(chan time.Duration, 8) // room for retries: a failing test must not hang the server
+				held      atomic.Bool                   // the bottom layer's GET arrived and is held
 				refused   = make(chan struct{})
 				refuseOne sync.Once
 			)
