@@ -582,6 +582,12 @@ Example:
 			if img.Replaced != "" {
 				fmt.Fprintf(c.App.Writer, "replaced %s: its image %s had no other name and is removed\n", img.Name, image.ShortID(img.Replaced))
 			}
+			if img.Linked {
+				// Like docker pulling a new tag of an image it has: every
+				// layer "already exists", and only the name is new.
+				fmt.Fprintf(c.App.Writer, "named %s: its image %s (%s, rootfs %s) was in the store already, at %s; nothing was fetched or flattened\n", img.Name, image.ShortID(img.ID), img.Platform, humanize.IBytes(uint64(img.Size)), img.Rootfs)
+				return nil
+			}
 			fmt.Fprintf(c.App.Writer, "pulled %s (%s, rootfs %s) into %s\n", img.Name, img.Platform, humanize.IBytes(uint64(img.Size)), img.Rootfs)
 			return nil
 		},
@@ -616,7 +622,9 @@ Example:
 			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tID\tPLATFORM\tSIZE\tPULLED")
 			for _, img := range images {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Name, image.ShortID(img.ID), img.Platform, humanize.IBytes(uint64(img.Size)), img.PulledAt.Local().Format(time.DateTime))
+				// Escaped here, not only by stdout's writer: the table must
+				// align the cells as they are printed.
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", image.Escape(img.Name), image.ShortID(img.ID), image.Escape(img.Platform), humanize.IBytes(uint64(img.Size)), img.PulledAt.Local().Format(time.DateTime))
 			}
 			return tw.Flush()
 		}),

@@ -230,6 +230,8 @@ const manSections = `
 
 **BANGER_RETRY_BACKOFF** the pause before a blob's second download attempt, doubling for each further one, as a Go duration (default 250ms)
 
+**GOGC** the Go garbage collector's target heap growth, in percent (banger's default 50, the Go runtime's 100)
+
 **COLUMNS** the terminal's width, when the terminal does not say
 
 **HTTPS_PROXY**, **HTTP_PROXY**, **NO_PROXY** the proxy for registry connections

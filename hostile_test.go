@@ -900,21 +900,31 @@ func replaceWith(t *testing.T, path, what string) {
 // result, so that the layout stays consistent but for the edit.
 func (hl *hostileLayout) rewriteManifest(t *testing.T, edit func(m map[string]any)) {
 	t.Helper()
-	var m map[string]any
-	b, err := os.ReadFile(hl.blob(hl.manifestDigest))
+	h, size := hl.rewriteBlob(t, hl.manifestDigest, edit)
+	hl.rewriteIndex(t, func(idx map[string]any) {
+		d := idx["manifests"].([]any)[0].(map[string]any)
+		d["digest"], d["size"] = h.String(), size
+	})
+	hl.manifestDigest = h.Hex
+}
+
+// rewriteBlob edits the JSON blob hex and stores the result as a blob of
+// its own, returning its digest and size.
+func (hl *hostileLayout) rewriteBlob(t *testing.T, hex string, edit func(map[string]any)) (v1.Hash, int) {
+	t.Helper()
+	var v map[string]any
+	b, err := os.ReadFile(hl.blob(hex))
 	if err != nil {
 		t.Fatal(err)
 	}
-	json.Unmarshal(b, &m)
-	edit(m)
-	b, _ = json.Marshal(m)
+	json.Unmarshal(b, &v)
+	edit(v)
+	b, _ = json.Marshal(v)
 	h, _, _ := v1.SHA256(bytes.NewReader(b))
-	os.WriteFile(hl.blob(h.Hex), b, 0o644)
-	hl.rewriteIndex(t, func(idx map[string]any) {
-		d := idx["manifests"].([]any)[0].(map[string]any)
-		d["digest"], d["size"] = h.String(), len(b)
-	})
-	hl.manifestDigest = h.Hex
+	if err := os.WriteFile(hl.blob(h.Hex), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return h, len(b)
 }
 
 func (hl *hostileLayout) rewriteIndex(t *testing.T, edit func(idx map[string]any)) {
@@ -1206,5 +1216,43 @@ func writeTarEntries(t *testing.T, path string, entries []tarEntry) {
 	}
 	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// rewriteConfig edits the image's config and points the manifest at the
+// result.
+func (hl *hostileLayout) rewriteConfig(t *testing.T, edit func(cfg map[string]any)) {
+	t.Helper()
+	h, size := hl.rewriteBlob(t, hl.configDigest, edit)
+	hl.rewriteManifest(t, func(m map[string]any) {
+		c := m["config"].(map[string]any)
+		c["digest"], c["size"] = h.String(), size
+	})
+	hl.configDigest = h.Hex
+}
+
+// TestHostileConfigTextInTables pulls an image whose config's architecture
+// carries terminal escapes, as a source may write it: `image ls` prints it
+// escaped, like every untrusted text, and its columns still line up, since
+// each cell is escaped before the table is aligned (docker's table writer
+// pads the text it prints, too).
+func TestHostileConfigTextInTables(t *testing.T) {
+	t.Parallel()
+	hl := newHostileLayout(t)
+	hl.rewriteConfig(t, func(cfg map[string]any) { cfg["architecture"] = "amd64\x1b[2J\x07" })
+	e := newBangerEnv(t, "")
+	e.run("image", "pull", "oci:"+hl.dir+":1.0", "--name", "x")
+	out := e.run("image", "ls")
+	if strings.ContainsAny(out, "\x1b\x07") {
+		t.Errorf("image ls printed raw control characters: %q", out)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[1], `linux/amd64\x1b[2J\x07`) {
+		t.Fatalf("image ls = %q, want a header and a row whose platform is escaped", out)
+	}
+	// The SIZE cell starts under its header.
+	col := strings.Index(lines[0], "SIZE")
+	if m := regexp.MustCompile(`\d+(\.\d+)? [KMG]?i?B`).FindStringIndex(lines[1]); m == nil || m[0] != col {
+		t.Errorf("image ls:\n%s\nthe size is not under SIZE (column %d): the row was aligned before it was escaped", out, col)
 	}
 }

@@ -67,9 +67,10 @@ func tempName(hexDigest string) string {
 }
 
 var (
-	// ErrLockBusy is returned (as a *LockBusyError) when the cache lock
-	// could not be taken within the allowed wait.
-	ErrLockBusy = errors.New("cache lock is busy")
+	// ErrLockBusy is returned (as a *LockBusyError, which names the lock)
+	// when the cache lock, or a lock taken with LockFile (the image
+	// store's), could not be taken within the allowed wait.
+	ErrLockBusy = errors.New("lock is busy")
 	// ErrNotCache is returned when the cache directory exists but lacks
 	// banger's CACHEDIR.TAG: it may hold someone else's files.
 	ErrNotCache = errors.New("directory is not a banger cache (no CACHEDIR.TAG)")

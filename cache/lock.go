@@ -45,7 +45,7 @@ func (c *Cache) lock(ctx context.Context, mode lockMode) (unlock func(), err err
 	if err := p.mkdirAll(filepath.Dir(c.lockPath)); err != nil {
 		return nil, fmt.Errorf("creating lock directory: %w", err)
 	}
-	w := &waiter{opts: c.opts, noticeAfter: c.noticeAfter, lockPath: c.lockPath, perms: p, start: time.Now()}
+	w := &waiter{opts: c.opts, noticeAfter: c.noticeAfter, what: "cache lock", lockPath: c.lockPath, perms: p, start: time.Now()}
 	gate, err := w.acquire(ctx, c.gatePath(), true)
 	if err != nil {
 		return nil, err
@@ -82,6 +82,7 @@ const (
 // LockBusyError is the error (matching ErrLockBusy) of a lock that was
 // still held by another process when the wait allowed by Options ran out.
 type LockBusyError struct {
+	What   string        // which lock: "cache lock", or LockFile's what
 	Path   string        // the lock file
 	NoWait bool          // Options.NoWait was set: no wait at all
 	Waited time.Duration // how long it waited
@@ -89,9 +90,9 @@ type LockBusyError struct {
 
 func (e *LockBusyError) Error() string {
 	if e.NoWait {
-		return fmt.Sprintf("%v: %s is held by another banger process; retry later", ErrLockBusy, e.Path)
+		return fmt.Sprintf("%s is busy: %s is held by another banger process; retry later", e.What, e.Path)
 	}
-	return fmt.Sprintf("%v: %s is held by another banger process (waited %s); retry later", ErrLockBusy, e.Path, e.Waited.Round(time.Millisecond))
+	return fmt.Sprintf("%s is busy: %s is held by another banger process (waited %s); retry later", e.What, e.Path, e.Waited.Round(time.Millisecond))
 }
 
 // Is makes errors.Is(err, ErrLockBusy) hold.
@@ -102,7 +103,8 @@ func (e *LockBusyError) Is(target error) bool { return target == ErrLockBusy }
 type waiter struct {
 	opts        Options
 	noticeAfter time.Duration
-	lockPath    string // the lock named in messages
+	what        string // the lock's name in messages: "cache lock"
+	lockPath    string // the lock file named in messages
 	perms       perms
 	start       time.Time
 	noticed     bool
@@ -112,13 +114,14 @@ type waiter struct {
 // missing, with the cache lock's wait policy: ctx, opts.Wait, opts.NoWait
 // and opts.Notice are honoured exactly as for the cache lock, a lock file
 // of another user is refused, and a lock still held when the wait runs out
-// is a *LockBusyError. It returns the function that releases it.
+// is a *LockBusyError whose message calls it what: "lock" when the
+// caller's wrapping says whose. It returns the function that releases it.
 //
 // It is exported for the image store, which needs the same policy for its
 // own lock and should not grow a second polling loop. It has no gate: no
 // holder of such a lock keeps it for more than a few renames.
-func LockFile(ctx context.Context, path string, opts Options) (unlock func(), err error) {
-	w := &waiter{opts: opts, noticeAfter: noticeAfter, lockPath: path, perms: perms{dir: privateDirPerm, file: privateFilePerm}, start: time.Now()}
+func LockFile(ctx context.Context, what, path string, opts Options) (unlock func(), err error) {
+	w := &waiter{opts: opts, noticeAfter: noticeAfter, what: what, lockPath: path, perms: perms{dir: privateDirPerm, file: privateFilePerm}, start: time.Now()}
 	fl, err := w.acquire(ctx, path, true)
 	if err != nil {
 		return nil, err
@@ -164,7 +167,7 @@ func (w *waiter) acquire(ctx context.Context, path string, exclusive bool) (*flo
 		waited := time.Since(w.start)
 		if w.opts.NoWait || (w.opts.Wait > 0 && waited >= w.opts.Wait) {
 			fl.Close()
-			return nil, &LockBusyError{Path: w.lockPath, NoWait: w.opts.NoWait, Waited: waited}
+			return nil, &LockBusyError{What: w.what, Path: w.lockPath, NoWait: w.opts.NoWait, Waited: waited}
 		}
 		if !w.noticed && waited >= w.noticeAfter && w.opts.Notice != nil {
 			w.noticed = true

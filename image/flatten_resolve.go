@@ -70,6 +70,9 @@ type simNode struct {
 type simTree struct {
 	root  *simNode
 	layer int // the layer being applied
+	// walked counts the nodes keep has visited, the work that pruning
+	// could make quadratic: tests bound it by the entries applied.
+	walked int
 }
 
 func newSimTree() *simTree {
@@ -188,6 +191,7 @@ func (s *simTree) mkdirAll(p string) (*simNode, error) {
 // keep removes from n's subtree what lower layers made, keeping what the
 // layer being applied added, and says whether n itself stays.
 func (s *simTree) keep(n *simNode) bool {
+	s.walked++
 	if n.pruned != s.layer+1 {
 		for c, kid := range n.kids {
 			if !s.keep(kid) {

@@ -98,20 +98,37 @@ func startReadAhead(r io.Reader, sink io.Writer, s *spill) *readAhead {
 		done:   make(chan struct{}),
 		sink:   sink,
 	}
-	for range readAheadDepth + 1 {
-		ra.free <- make([]byte, readAheadChunk)
-	}
 	go ra.fill(r)
 	return ra
 }
 
+// next returns a free chunk buffer, making one while fewer than
+// readAheadDepth+1 exist: a consumer that keeps up, or a spill, needs only
+// one or two. It returns nil once the read-ahead is closed.
+func (ra *readAhead) next(made *int) []byte {
+	select {
+	case buf := <-ra.free:
+		return buf
+	default:
+	}
+	if *made < readAheadDepth+1 {
+		*made++
+		return make([]byte, readAheadChunk)
+	}
+	select {
+	case buf := <-ra.free:
+		return buf
+	case <-ra.stop:
+		return nil
+	}
+}
+
 func (ra *readAhead) fill(r io.Reader) {
 	defer close(ra.done)
+	made := 0
 	for {
-		var buf []byte
-		select {
-		case buf = <-ra.free:
-		case <-ra.stop:
+		buf := ra.next(&made)
+		if buf == nil {
 			return
 		}
 		// Not io.ReadFull: it would turn the source's own
@@ -130,7 +147,7 @@ func (ra *readAhead) fill(r io.Reader) {
 				return
 			}
 			if kept {
-				ra.free <- buf // it came from free: there is room
+				ra.free <- buf // free has room for every buffer made
 				if err != nil {
 					return
 				}

@@ -109,6 +109,10 @@ type Image struct {
 	Rootfs string `json:"rootfs"`
 	// UpToDate is set by Pull when the name already held this image.
 	UpToDate bool `json:"up_to_date,omitempty"`
+	// Linked is set by Pull when the image was in the store already under
+	// another name, and the pull only gave it this one: no layer was
+	// fetched and nothing flattened.
+	Linked bool `json:"linked,omitempty"`
 	// Replaced is the ID of the image the name pointed to before this pull,
 	// removed because it had no other name; its rootfs is gone.
 	Replaced string `json:"replaced,omitempty"`
@@ -239,7 +243,7 @@ func (s *Store) Dir() string { return s.dir }
 // before its rename: every taker of the lock, a pull found up to date
 // included, leaves none behind.
 func (s *Store) lock(ctx context.Context) (unlock func(), err error) {
-	unlock, err = cache.LockFile(ctx, filepath.Join(s.dir, lockName), cache.Options{Wait: s.opts.Wait, NoWait: s.opts.NoWait, Notice: s.opts.Notice})
+	unlock, err = cache.LockFile(ctx, "lock", filepath.Join(s.dir, lockName), cache.Options{Wait: s.opts.Wait, NoWait: s.opts.NoWait, Notice: s.opts.Notice})
 	if err != nil {
 		return nil, fmt.Errorf("locking image store: %w", err)
 	}
@@ -403,6 +407,7 @@ func (s *Store) Link(ctx context.Context, img Image) (Image, bool, error) {
 		return Image{}, false, nil
 	}
 	got, err := s.setName(id, img)
+	got.Linked = err == nil
 	return got, err == nil, err
 }
 
