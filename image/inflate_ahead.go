@@ -97,7 +97,8 @@ func (a *inflateAhead) start(i int) {
 		defer close(n.done)
 		file, err := os.CreateTemp(a.dir, ".inflate-")
 		if err != nil {
-			// Nowhere to spill: read it when the flattener comes.
+			// Nowhere to spill: only the few chunks of a plain
+			// read-ahead are read before the flattener comes.
 			n.rc, n.err = a.openLayer(ctx, i, nil)
 			return
 		}

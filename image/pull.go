@@ -758,7 +758,7 @@ func uncompress(r io.Reader, i int, diffID v1.Hash, spill *spill) (io.ReadCloser
 		stream, closer = zr, zr.Close
 	}
 	h := sha256.New()
-	ra := startReadAhead(stream, h, spill)
+	ra := newReadAhead(stream, h, spill)
 	return &diffIDReader{r: ra, h: h, want: diffID, layer: i, close: func() { ra.Close(); closer() }}, nil
 }
 

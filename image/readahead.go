@@ -40,14 +40,6 @@ const (
 	readAheadDepth = 4
 )
 
-// newReadAhead starts reading r. Every byte the consumer takes is also
-// written to sink, a chunk at a time, on the consumer's goroutine: with the
-// diff ID's sha256 there, the two goroutines have about even work (inflate
-// on one; sha256, tar parsing and writing on the other).
-func newReadAhead(r io.Reader, sink io.Writer) *readAhead {
-	return startReadAhead(r, sink, nil)
-}
-
 // spillPool is the disk that the spills of one flatten share (see
 // inflateAhead): at most limit bytes in all. One mutex guards the pool and
 // its spills, which take it once per chunk.
@@ -80,7 +72,7 @@ type spill struct {
 }
 
 // newSpill returns a spill into file (an unlinked temp file, which the
-// read-ahead closes) for startReadAhead: a read-ahead whose consumer may
+// read-ahead closes) for newReadAhead: a read-ahead whose consumer may
 // come late. Until it does, what is read goes to file, as long as pool has
 // room; past that, or once a write failed, reading waits for the consumer.
 // A full disk is thus no failure, only the end of reading ahead.
@@ -88,8 +80,12 @@ func newSpill(pool *spillPool, file *os.File) *spill {
 	return &spill{pool: pool, file: file}
 }
 
-// startReadAhead is newReadAhead with a spill, if s is not nil.
-func startReadAhead(r io.Reader, sink io.Writer, s *spill) *readAhead {
+// newReadAhead starts reading r, into s until the consumer comes if s is
+// not nil (newSpill). Every byte the consumer takes is also written to
+// sink, a chunk at a time, on the consumer's goroutine: with the diff ID's
+// sha256 there, the two goroutines have about even work (inflate on one;
+// sha256, tar parsing and writing on the other).
+func newReadAhead(r io.Reader, sink io.Writer, s *spill) *readAhead {
 	ra := &readAhead{
 		spill:  s,
 		chunks: make(chan chunk, readAheadDepth),

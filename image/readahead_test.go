@@ -54,7 +54,7 @@ func TestReadAhead(t *testing.T) {
 				src = io.MultiReader(src, iotest.ErrReader(tt.err))
 			}
 			h := sha256.New()
-			ra := newReadAhead(src, h)
+			ra := newReadAhead(src, h, nil)
 			checkReadAhead(t, ra, h, want, tt.err)
 			if n, err := ra.Read(make([]byte, 10)); n != 0 || err == nil {
 				t.Errorf("Read after the end = %d, %v; want 0 and the same error", n, err)
@@ -105,7 +105,7 @@ func cmpErr(err error) error {
 func TestReadAheadCloseEarly(t *testing.T) {
 	before := runtime.NumGoroutine()
 	for range 20 {
-		ra := newReadAhead(endless{}, sha256.New())
+		ra := newReadAhead(endless{}, sha256.New(), nil)
 		buf := make([]byte, 100)
 		if _, err := ra.Read(buf); err != nil {
 			t.Fatal(err)
@@ -165,7 +165,7 @@ func TestReadAheadSpill(t *testing.T) {
 			pool := newSpillPool(tt.limit)
 			file := spillFile(t, tt.failWrites)
 			h := sha256.New()
-			ra := startReadAhead(src, h, newSpill(pool, file))
+			ra := newReadAhead(src, h, newSpill(pool, file))
 			if tt.late {
 				// The source is read in whole chunks, the last one short:
 				// those that fit in the pool are spilled.
@@ -241,7 +241,7 @@ func TestReadAheadSpillsSharePool(t *testing.T) {
 	for i := range 2 {
 		want := bytes.Repeat([]byte{byte('a' + i)}, 4*c+i)
 		wants = append(wants, want)
-		ras = append(ras, startReadAhead(bytes.NewReader(want), io.Discard, newSpill(pool, spillFile(t, false))))
+		ras = append(ras, newReadAhead(bytes.NewReader(want), io.Discard, newSpill(pool, spillFile(t, false))))
 	}
 	waitUsed(t, pool, 2*c)
 	for _, i := range []int{1, 0} {
@@ -273,7 +273,7 @@ func TestReadAheadSpillCloseEarly(t *testing.T) {
 	before := runtime.NumGoroutine()
 	pool := newSpillPool(readAheadChunk)
 	for range 10 {
-		ra := startReadAhead(endless{}, sha256.New(), newSpill(pool, spillFile(t, false)))
+		ra := newReadAhead(endless{}, sha256.New(), newSpill(pool, spillFile(t, false)))
 		waitUsed(t, pool, readAheadChunk)
 		done := make(chan struct{})
 		go func() { ra.Close(); close(done) }()

@@ -407,8 +407,11 @@ func (s *Store) Link(ctx context.Context, img Image) (Image, bool, error) {
 		return Image{}, false, nil
 	}
 	got, err := s.setName(id, img)
-	got.Linked = err == nil
-	return got, err == nil, err
+	if err != nil {
+		return Image{}, false, err
+	}
+	got.Linked = true
+	return got, true, nil
 }
 
 // setName points img.Name at image id and records a use of it; the caller
