@@ -140,6 +140,23 @@ func escapeText(s string) string {
 	return b.String()
 }
 
+// table aligns tab-separated cells as tabwriter does, escaping each cell
+// first (escapeText): stdout's writer escapes too, but only after the
+// columns were aligned on the unescaped text. Each Write must hold whole
+// cells, as one Fprintf of a row does.
+type table struct{ tw *tabwriter.Writer }
+
+func newTable(w io.Writer) *table { return &table{tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)} }
+
+func (t *table) Write(p []byte) (int, error) {
+	if _, err := io.WriteString(t.tw, escapeText(string(p))); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (t *table) Flush() error { return t.tw.Flush() }
+
 func exitCode(ctx context.Context, err error) int {
 	switch {
 	case errors.Is(err, errUsage), errors.Is(err, image.ErrInvalidReference), errors.Is(err, image.ErrInvalidPlatform), errors.Is(err, image.ErrInvalidName),
@@ -619,12 +636,10 @@ Example:
 				}
 				return printJSON(c.App.Writer, images)
 			}
-			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			tw := newTable(c.App.Writer)
 			fmt.Fprintln(tw, "NAME\tID\tPLATFORM\tSIZE\tPULLED")
 			for _, img := range images {
-				// Escaped here, not only by stdout's writer: the table must
-				// align the cells as they are printed.
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", image.Escape(img.Name), image.ShortID(img.ID), image.Escape(img.Platform), humanize.IBytes(uint64(img.Size)), img.PulledAt.Local().Format(time.DateTime))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Name, image.ShortID(img.ID), img.Platform, humanize.IBytes(uint64(img.Size)), img.PulledAt.Local().Format(time.DateTime))
 			}
 			return tw.Flush()
 		}),
@@ -799,7 +814,7 @@ Example:
 			}
 			fmt.Fprintln(w)
 			if c.Bool("verbose") {
-				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				tw := newTable(w)
 				fmt.Fprintln(tw, "DIGEST\tSIZE\tLAST USE")
 				for _, b := range inv.Blobs {
 					fmt.Fprintf(tw, "%s\t%s\t%s\n", b.Digest, humanize.IBytes(uint64(b.Size)), b.LastUse.Local().Format(time.DateTime))

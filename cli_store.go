@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/banger/banger/cache"
@@ -193,24 +192,24 @@ Example:
 				}
 				return humanize.Time(*t)
 			}
-			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			tw := newTable(c.App.Writer)
 			fmt.Fprintln(tw, "TYPE\tCOUNT\tNAMES\tSIZE\tOLDEST USE\tNEWEST USE\tRECLAIMABLE\tBY\tDIR")
-			fmt.Fprintf(tw, "cache\t%d blob(s)\t-\t%s\t%s\t%s\t%s\tbanger image cache prune\t%s\n", out.Cache.Blobs, humanize.IBytes(uint64(out.Cache.Bytes)), use(out.Cache.OldestUse), use(out.Cache.NewestUse), humanize.IBytes(uint64(out.Cache.ReclaimableBytes)), image.Escape(l.CacheDir))
-			fmt.Fprintf(tw, "images\t%d image(s)\t%d\t%s\t%s\t%s\t%s\tbanger image prune --all\t%s\n", out.Images.Images, out.Images.Names, humanize.IBytes(uint64(out.Images.Bytes)), use(out.Images.OldestUse), use(out.Images.NewestUse), humanize.IBytes(uint64(out.Images.ReclaimableBytes)), image.Escape(l.ImagesDir))
+			fmt.Fprintf(tw, "cache\t%d blob(s)\t-\t%s\t%s\t%s\t%s\tbanger image cache prune\t%s\n", out.Cache.Blobs, humanize.IBytes(uint64(out.Cache.Bytes)), use(out.Cache.OldestUse), use(out.Cache.NewestUse), humanize.IBytes(uint64(out.Cache.ReclaimableBytes)), l.CacheDir)
+			fmt.Fprintf(tw, "images\t%d image(s)\t%d\t%s\t%s\t%s\t%s\tbanger image prune --all\t%s\n", out.Images.Images, out.Images.Names, humanize.IBytes(uint64(out.Images.Bytes)), use(out.Images.OldestUse), use(out.Images.NewestUse), humanize.IBytes(uint64(out.Images.ReclaimableBytes)), l.ImagesDir)
 			if err := tw.Flush(); err != nil || !verbose {
 				return err
 			}
 			fmt.Fprintln(c.App.Writer)
-			tw = tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			tw = newTable(c.App.Writer)
 			fmt.Fprintln(tw, "IMAGE ID\tNAMES\tSIZE\tLAST USE")
 			for _, u := range st.Images {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", image.ShortID(u.ID), image.Escape(strings.Join(u.Names, ", ")), humanize.IBytes(uint64(u.Size)), u.LastUse.Local().Format(time.DateTime))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", image.ShortID(u.ID), strings.Join(u.Names, ", "), humanize.IBytes(uint64(u.Size)), u.LastUse.Local().Format(time.DateTime))
 			}
 			if err := tw.Flush(); err != nil {
 				return err
 			}
 			fmt.Fprintln(c.App.Writer)
-			tw = tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			tw = newTable(c.App.Writer)
 			fmt.Fprintln(tw, "BLOB DIGEST\tSIZE\tLAST USE")
 			for _, b := range inv.Blobs {
 				fmt.Fprintf(tw, "%s\t%s\t%s\n", b.Digest, humanize.IBytes(uint64(b.Size)), b.LastUse.Local().Format(time.DateTime))

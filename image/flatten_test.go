@@ -21,7 +21,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -2461,7 +2460,7 @@ func writeRootfsTree(t *testing.T, layers [][]ent) (map[string]node, []int) {
 	t.Helper()
 	dir := t.TempDir()
 	names, diffIDs := gzipBlobFiles(t, layers)
-	blobs := &fileBlobs{names: names, opens: make([]int, len(names))}
+	blobs := newGatedBlobs(names) // nothing held
 	if err := writeRootfs(t.Context(), dir, blobs, diffIDs); err != nil {
 		t.Fatalf("writeRootfs: got error %v, want nil", err)
 	}
@@ -2471,9 +2470,8 @@ func writeRootfsTree(t *testing.T, layers [][]ent) (map[string]node, []int) {
 	}
 	checkInvariants(t, readOutput(t, b), true)
 	tree, _ := walkTree(t, extract(t, b))
-	blobs.mu.Lock()
-	defer blobs.mu.Unlock()
-	return tree, blobs.opens
+	opened, _, _ := blobs.state()
+	return tree, opened
 }
 
 // gzipBlobFiles writes each layer as a gzip blob file and returns their
@@ -2501,24 +2499,3 @@ func gzipBlobFiles(t *testing.T, layers [][]ent) ([]string, []v1.Hash) {
 	}
 	return names, diffIDs
 }
-
-// fileBlobs gives writeRootfs layer blobs from files, each open its own
-// descriptor, as the cache's are; it counts the opens.
-type fileBlobs struct {
-	names []string
-	mu    sync.Mutex
-	opens []int
-}
-
-func (b *fileBlobs) layer(_ context.Context, i int) (io.Reader, func(), error) {
-	b.mu.Lock()
-	b.opens[i]++
-	b.mu.Unlock()
-	f, err := os.Open(b.names[i])
-	if err != nil {
-		return nil, nil, err
-	}
-	return f, func() { f.Close() }, nil
-}
-
-func (b *fileBlobs) reading(int) {}

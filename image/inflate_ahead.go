@@ -111,18 +111,16 @@ func (a *inflateAhead) start(i int) {
 // is read if spill is set.
 func (a *inflateAhead) openLayer(ctx context.Context, i int, spill *spill) (io.ReadCloser, error) {
 	f, release, err := a.blobs.layer(ctx, i)
-	if err != nil {
-		if spill != nil {
-			spill.file.Close()
+	var rc io.ReadCloser
+	if err == nil {
+		if rc, err = uncompress(f, i, a.diffIDs[i], spill); err != nil {
+			release()
 		}
-		return nil, err
 	}
-	rc, err := uncompress(f, i, a.diffIDs[i], spill)
 	if err != nil {
 		if spill != nil {
-			spill.file.Close()
+			spill.file.Close() // no read-ahead owns it
 		}
-		release()
 		return nil, err
 	}
 	return &releasingReader{ReadCloser: rc, release: release}, nil

@@ -14,9 +14,10 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
-// gatedBlobs gives writeRootfs blob files whose reads it can hold, as a
-// download that has not arrived yet holds them, and records what was
-// opened, read to its end and closed.
+// gatedBlobs gives writeRootfs layer blobs from files, each open its own
+// descriptor as the cache's are, whose reads it can hold, as a download
+// that has not arrived yet holds them; it records what was opened, read to
+// its end and closed.
 type gatedBlobs struct {
 	names []string
 	// hold[i], if set, is where layer i's reads stop until gate is closed

@@ -21,6 +21,7 @@ type readAhead struct {
 	buf  []byte // the current chunk's buffer, returned to free when read
 	err  error  // the source's error, once cur is drained
 	sink io.Writer
+	made int // chunk buffers made so far; the reading goroutine's
 
 	// spill, if set, keeps what is read before the consumer comes.
 	spill *spill
@@ -101,14 +102,14 @@ func newReadAhead(r io.Reader, sink io.Writer, s *spill) *readAhead {
 // next returns a free chunk buffer, making one while fewer than
 // readAheadDepth+1 exist: a consumer that keeps up, or a spill, needs only
 // one or two. It returns nil once the read-ahead is closed.
-func (ra *readAhead) next(made *int) []byte {
+func (ra *readAhead) next() []byte {
 	select {
 	case buf := <-ra.free:
 		return buf
 	default:
 	}
-	if *made < readAheadDepth+1 {
-		*made++
+	if ra.made < readAheadDepth+1 {
+		ra.made++
 		return make([]byte, readAheadChunk)
 	}
 	select {
@@ -121,9 +122,8 @@ func (ra *readAhead) next(made *int) []byte {
 
 func (ra *readAhead) fill(r io.Reader) {
 	defer close(ra.done)
-	made := 0
 	for {
-		buf := ra.next(&made)
+		buf := ra.next()
 		if buf == nil {
 			return
 		}
